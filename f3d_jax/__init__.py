@@ -1,0 +1,28 @@
+"""f3d-jax: CroCo, DUSt3R and MASt3R in JAX.
+
+The public API is imported lazily so that `import f3d_jax` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "load_model": "f3d_jax.weights.loading",
+    "save_model": "f3d_jax.weights.loading",
+    "Model": "f3d_jax.weights.loading",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'f3d_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

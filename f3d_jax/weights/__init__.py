@@ -1,0 +1,1 @@
+"""Checkpoint readers, converters, registry and orbax storage."""

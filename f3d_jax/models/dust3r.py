@@ -1,0 +1,163 @@
+"""DUSt3R and MASt3R networks. Equivalent of dust3r/model.py:AsymmetricCroCo3DStereo and
+mast3r/model.py:AsymmetricMASt3R.
+
+A siamese ViT encoder, two cross-attending decoders (`dec_blocks` for view 1, `dec_blocks2` for
+view 2) and one pixel head per view. Images are NHWC in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from f3d_jax.models.config import DUSt3RConfig, MASt3RConfig
+from f3d_jax.models.heads import (CatMlpDPTHead, DPTHead, LinearHead, postprocess, postprocess_mast3r)
+from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
+from f3d_jax.nn.patch_embed import PatchEmbed
+
+Inter = dict[str, jax.Array] | None
+
+
+def _record(inter: Inter, key: str, value: jax.Array) -> None:
+    if inter is not None:
+        inter[key] = value
+
+
+def _make_head(cfg: DUSt3RConfig, rngs: nnx.Rngs) -> nnx.Module:
+    nch = 3 + int(cfg.has_conf)
+    if isinstance(cfg, MASt3RConfig):
+        return CatMlpDPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dpt_hooks, nch, cfg.patch_size,
+                             cfg.desc_dim + int(cfg.two_confs), rngs=rngs)
+    if cfg.head_type == "dpt":
+        return DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dpt_hooks, nch, rngs=rngs)
+    return LinearHead(cfg.dec_embed_dim, cfg.patch_size, nch, rngs=rngs)
+
+
+class AsymmetricCroCo3DStereo(nnx.Module):
+    """DUSt3R (linear or DPT head) and, with a `MASt3RConfig`, MASt3R (catmlp+dpt head)."""
+
+    def __init__(self, cfg: DUSt3RConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        rope = cfg.rope_base
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.enc_embed_dim, rngs=rngs)
+        self.mask_token = nnx.Param(jnp.zeros((1, 1, cfg.dec_embed_dim)))  # in every checkpoint, unused
+        self.enc_blocks = nnx.List([Block(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio, rope, rngs=rngs)
+                                    for _ in range(cfg.enc_depth)])
+        self.enc_norm = layer_norm(cfg.enc_embed_dim, rngs)
+        self.decoder_embed = nnx.Linear(cfg.enc_embed_dim, cfg.dec_embed_dim, rngs=rngs)
+
+        def dec():
+            return nnx.List([
+                DecoderBlock(cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio, rope, cfg.norm_im2_in_dec,
+                             rngs=rngs) for _ in range(cfg.dec_depth)])
+
+        self.dec_blocks = dec()
+        self.dec_blocks2 = dec()
+        self.dec_norm = layer_norm(cfg.dec_embed_dim, rngs)
+        self.downstream_head1 = _make_head(cfg, rngs)
+        self.downstream_head2 = _make_head(cfg, rngs)
+
+    # -- encoder ---------------------------------------------------------------------------------
+
+    def encode(self, img: jax.Array, true_shape: jax.Array | None = None, inter: Inter = None,
+               name: str = "view", impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+        """Encode a batch of images.
+
+        Args:
+          img: (B, H, W, 3) in [-1, 1].
+          true_shape: (B, 2) int (height, width); used by the ManyAR (training) patch embedding only.
+
+        Returns:
+          feat: (B, N, Ce) after `enc_norm`; pos: (B, N, 2) int32 (y, x).
+        """
+        x, pos = self.patch_embed(img, true_shape, manyar=self.cfg.manyar)
+        _record(inter, f"{name}.patch_embed", x)
+        _record(inter, f"{name}.pos", pos)
+        for i, blk in enumerate(self.enc_blocks):
+            x = blk(x, pos, impl)
+            _record(inter, f"{name}.enc_block{i}", x)
+        x = self.enc_norm(x)
+        _record(inter, f"{name}.enc_out", x)
+        return x, pos
+
+    # -- decoders --------------------------------------------------------------------------------
+
+    def decode(self, f1: jax.Array, pos1: jax.Array, f2: jax.Array, pos2: jax.Array, inter: Inter = None,
+               impl: str | None = None) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Run both decoders; each block reads the previous layer of both streams.
+
+        Returns:
+          decout1, decout2: lists `[enc_out, block_0, ..., block_{L-2}, dec_norm(block_{L-1})]`.
+        """
+        out1, out2 = [f1], [f2]
+        x1, x2 = self.decoder_embed(f1), self.decoder_embed(f2)
+        _record(inter, "view1.dec_embed", x1)
+        _record(inter, "view2.dec_embed", x2)
+        for i, (b1, b2) in enumerate(zip(self.dec_blocks, self.dec_blocks2)):
+            x1, x2 = b1(x1, x2, pos1, pos2, impl), b2(x2, x1, pos2, pos1, impl)
+            _record(inter, f"view1.dec_block{i}", x1)
+            _record(inter, f"view2.dec_block{i}", x2)
+            out1.append(x1)
+            out2.append(x2)
+        out1[-1], out2[-1] = self.dec_norm(x1), self.dec_norm(x2)
+        _record(inter, "view1.dec_out", out1[-1])
+        _record(inter, "view2.dec_out", out2[-1])
+        return out1, out2
+
+    # -- heads -----------------------------------------------------------------------------------
+
+    def _postprocess(self, raw: jax.Array) -> dict[str, jax.Array]:
+        cfg = self.cfg
+        if isinstance(cfg, MASt3RConfig):
+            return postprocess_mast3r(raw, cfg.depth_mode, cfg.conf_mode, cfg.desc_dim, cfg.two_confs,
+                                      cfg.effective_desc_conf_mode)
+        return postprocess(raw, cfg.depth_mode, cfg.conf_mode)
+
+    def head(self, which: int, decout: Sequence[jax.Array], hw: tuple[int, int],
+             true_shape: jax.Array | None = None, inter: Inter = None, name: str = "view") -> dict[str, jax.Array]:
+        """Pixel head of view `which` (1 or 2) on its decoder outputs; images of size `hw` = (H, W).
+
+        With `landscape_only` (training), (H, W) is the landscape storage size: portrait entries
+        (by `true_shape`) go through the head with (W, H) and are transposed back into landscape
+        storage, as the official `transpose_to_landscape` does.
+
+        Returns:
+          dict of (B, H, W, ...) float32 maps: pts3d, conf (+ desc, desc_conf for MASt3R).
+        """
+        head = self.downstream_head1 if which == 1 else self.downstream_head2
+        decout = [t.astype(jnp.float32) for t in decout]  # the official heads run in float32
+        prefix = f"{name}.head."
+        if not self.cfg.landscape_only or true_shape is None:
+            return self._postprocess(head.raw(decout, hw, inter, prefix))
+        h, w = min(hw), max(hw)
+        land = self._postprocess(head.raw(decout, (h, w), inter, prefix + "landscape."))
+        port = self._postprocess(head.raw(decout, (w, h), inter, prefix + "portrait."))
+        is_portrait = true_shape[:, 1] < true_shape[:, 0]
+        return {k: jnp.where(is_portrait.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.swapaxes(port[k], 1, 2), v)
+                for k, v in land.items()}
+
+    # -- full forward ----------------------------------------------------------------------------
+
+    def __call__(self, img1: jax.Array, img2: jax.Array, true_shape1: jax.Array | None = None,
+                 true_shape2: jax.Array | None = None, inter: Inter = None,
+                 impl: str | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """`model(view1, view2)` on arrays. Returns (pred1, pred2); pred2 holds `pts3d_in_other_view`."""
+        if img1.shape[1:3] == img2.shape[1:3]:
+            b = img1.shape[0]
+            ts = None if true_shape1 is None else jnp.concatenate([true_shape1, true_shape2])
+            f, pos = self.encode(jnp.concatenate([img1, img2]), ts, None, impl=impl)
+            f1, f2, pos1, pos2 = f[:b], f[b:], pos[:b], pos[b:]
+        else:
+            f1, pos1 = self.encode(img1, true_shape1, None, impl=impl)
+            f2, pos2 = self.encode(img2, true_shape2, None, impl=impl)
+        if inter is not None:  # encode again per view only to record per-view intermediates (trace-time)
+            self.encode(img1, true_shape1, inter, "view1", impl)
+            self.encode(img2, true_shape2, inter, "view2", impl)
+        d1, d2 = self.decode(f1, pos1, f2, pos2, inter, impl)
+        res1 = self.head(1, d1, img1.shape[1:3], true_shape1, inter, "view1")
+        res2 = self.head(2, d2, img2.shape[1:3], true_shape2, inter, "view2")
+        res2["pts3d_in_other_view"] = res2.pop("pts3d")
+        return res1, res2

@@ -1,0 +1,185 @@
+"""The functional runtime of every model: `Model(config, params)` and the jitted pure forwards.
+
+`Model` is a pytree (params are its leaves, the config is static), so it passes through `jax.jit`,
+`jax.vmap` and sharding. Every entry point is `f(config, params, arrays) -> arrays` under
+`jax.jit` with the config as a static argument; the NNX module is only rebuilt inside the trace
+(`nnx.merge`), never called eagerly.
+
+Views follow the official vocabulary: `{'img': (B, H, W, 3) float32 in [-1, 1] (NHWC),
+'true_shape': (B, 2) int (height, width)}`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from f3d_jax.models.config import CroCoConfig, DUSt3RConfig
+
+
+def build_module(config: CroCoConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The NNX module of a config. Use `abstract_module` to load weights (never random-init)."""
+    if isinstance(config, DUSt3RConfig):
+        from f3d_jax.models.dust3r import AsymmetricCroCo3DStereo
+        return AsymmetricCroCo3DStereo(config, rngs=rngs)
+    from f3d_jax.models.croco import CroCoNet
+    return CroCoNet(config, rngs=rngs)
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_module(config: CroCoConfig) -> nnx.Module:
+    """The module built with `nnx.eval_shape`: shapes only, no memory, no random numbers."""
+    return nnx.eval_shape(lambda: build_module(config, nnx.Rngs(0)))
+
+
+@functools.lru_cache(maxsize=32)
+def graphdef_of(config: CroCoConfig) -> nnx.GraphDef:
+    return nnx.split(abstract_module(config))[0]
+
+
+def abstract_params(config: CroCoConfig) -> dict:
+    """Nested dict of `jax.ShapeDtypeStruct`: the params layout of a config."""
+    return nnx.to_pure_dict(nnx.split(abstract_module(config))[1])
+
+
+def init_params(config: CroCoConfig, key: jax.Array) -> dict:
+    """Randomly initialised params (for training from scratch and benchmarks), built under jit."""
+    graphdef = graphdef_of(config)
+
+    @jax.jit
+    def make(k):
+        module = build_module(config, nnx.Rngs(k))
+        return nnx.to_pure_dict(nnx.split(module)[1])
+
+    del graphdef
+    return make(key)
+
+
+def _module(config: CroCoConfig, params: Mapping) -> nnx.Module:
+    return nnx.merge(graphdef_of(config), params)
+
+
+def _dtype(params: Mapping) -> Any:
+    return params["patch_embed"]["proj"]["kernel"].dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# DUSt3R / MASt3R
+
+
+@functools.partial(jax.jit, static_argnames=("config", "with_inter", "impl"))
+def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
+                   true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
+                   with_inter: bool = False, impl: str | None = None):
+    """`model(view1, view2)` on arrays.
+
+    Args:
+      img1, img2: (B, H1, W1, 3), (B, H2, W2, 3) in [-1, 1].
+      true_shape1, true_shape2: (B, 2) int (height, width); only read by training-style models.
+      with_inter: also return a dict of named intermediates (NHWC maps, (B, N, C) tokens).
+      impl: attention implementation for `jax.nn.dot_product_attention` (e.g. 'cudnn' on GPU bf16).
+
+    Returns:
+      pred1 {'pts3d' (B,H,W,3), 'conf' (B,H,W) [, 'desc' (B,H,W,D), 'desc_conf']},
+      pred2 {'pts3d_in_other_view', 'conf' [, ...]} (view 2's points in view 1's camera frame)
+      [, intermediates].
+    """
+    model = _module(config, params)
+    dt = _dtype(params)
+    inter: dict | None = {} if with_inter else None
+    res1, res2 = model(img1.astype(dt), img2.astype(dt), true_shape1, true_shape2, inter, impl)
+    return (res1, res2, inter) if with_inter else (res1, res2)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "impl"))
+def encode_images(config: DUSt3RConfig, params: Mapping, img: jax.Array, true_shape: jax.Array | None = None,
+                  impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Siamese encoder alone: (B, H, W, 3) -> feat (B, N, Ce), pos (B, N, 2) int32."""
+    model = _module(config, params)
+    return model.encode(img.astype(_dtype(params)), true_shape, impl=impl)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "hw1", "hw2", "impl"))
+def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: jax.Array, feat2: jax.Array,
+                 pos2: jax.Array, hw1: tuple[int, int], hw2: tuple[int, int],
+                 true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
+                 impl: str | None = None):
+    """Decoders + heads on pre-computed encodings (the encoder-cache path of pair inference).
+
+    Returns:
+      (pred1, pred2) exactly as `stereo_forward`.
+    """
+    model = _module(config, params)
+    d1, d2 = model.decode(feat1, pos1, feat2, pos2, impl=impl)
+    res1 = model.head(1, d1, hw1, true_shape1)
+    res2 = model.head(2, d2, hw2, true_shape2)
+    res2["pts3d_in_other_view"] = res2.pop("pts3d")
+    return res1, res2
+
+
+# ---------------------------------------------------------------------------------------------
+# CroCo
+
+
+@functools.partial(jax.jit, static_argnames=("config", "with_inter"))
+def croco_forward(config: CroCoConfig, params: Mapping, img1: jax.Array, img2: jax.Array, mask: jax.Array,
+                  with_inter: bool = False):
+    """CroCoNet pretraining forward: (out (B,N,p*p*3), mask (B,N) bool, target (B,N,p*p*3)) [, inter]."""
+    model = _module(config, params)
+    dt = _dtype(params)
+    inter: dict | None = {} if with_inter else None
+    out, mask, target = model(img1.astype(dt), img2.astype(dt), mask, inter)
+    return (out, mask, target, inter) if with_inter else (out, mask, target)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _view_arrays(view: Mapping, name: str) -> tuple[jax.Array, jax.Array]:
+    if "img" not in view:
+        raise ValueError(f"{name} has no 'img' entry (expected (B, H, W, 3) float in [-1, 1])")
+    img = jnp.asarray(view["img"])
+    if img.ndim != 4 or img.shape[-1] != 3:
+        raise ValueError(f"{name}['img'] must be (B, H, W, 3) NHWC, got shape {tuple(img.shape)}")
+    ts = view.get("true_shape")
+    if ts is None:
+        ts = np.tile(np.array(img.shape[1:3], np.int32), (img.shape[0], 1))
+    return img, jnp.asarray(ts, jnp.int32).reshape(img.shape[0], 2)
+
+
+@struct.dataclass
+class Model:
+    """A model: frozen config + plain nested dict of params. Call it like the official module.
+
+    DUSt3R / MASt3R: `pred1, pred2 = model(view1, view2)`.
+    CroCoNet: `out, mask, target = model(img1, img2, mask=mask)` (or `key=` to sample the mask).
+    """
+
+    config: CroCoConfig = struct.field(pytree_node=False)
+    params: dict
+
+    @property
+    def is_stereo(self) -> bool:
+        return isinstance(self.config, DUSt3RConfig)
+
+    def __call__(self, a: Any, b: Any, *, mask: Any = None, key: jax.Array | None = None,
+                 return_intermediates: bool = False, impl: str | None = None):
+        if self.is_stereo:
+            img1, ts1 = _view_arrays(a, "view1")
+            img2, ts2 = _view_arrays(b, "view2")
+            if img1.shape[0] != img2.shape[0]:
+                raise ValueError(f"view1 and view2 have different batch sizes ({img1.shape[0]} vs {img2.shape[0]})")
+            return stereo_forward(self.config, self.params, img1, img2, ts1, ts2, return_intermediates, impl)
+        img1, img2 = jnp.asarray(a), jnp.asarray(b)
+        if mask is None:
+            if key is None:
+                raise ValueError("CroCoNet needs a `mask` (B, N) bool or a PRNG `key` to sample one")
+            from f3d_jax.models.croco import random_mask
+            mask = random_mask(key, img1.shape[0], self.config.num_patches, self.config.mask_ratio)
+        return croco_forward(self.config, self.params, img1, img2, jnp.asarray(mask, bool), return_intermediates)

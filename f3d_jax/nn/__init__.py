@@ -1,0 +1,1 @@
+"""Network building blocks with no model knowledge (flax NNX + jnp)."""

@@ -1,0 +1,188 @@
+"""Transformer and convolution layers shared by every model. Equivalent of croco/models/blocks.py.
+
+All modules are flax NNX; parameters are named as the official torch modules so the converter
+stays mechanical (`attn/qkv/kernel` <- `attn.qkv.weight`). Token sequences are (B, T, C), images and
+feature maps NHWC.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from f3d_jax.nn.rope import rope2d
+
+LN_EPS = 1e-6  # the official backbone's LayerNorm eps (torch's default would be 1e-5)
+
+
+def layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=LN_EPS, rngs=rngs)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(hd)) v over (B, T, nh, hd) tensors, no mask, no bias."""
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+class Mlp(nnx.Module):
+    """Linear -> exact (erf) GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None, *, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, out or dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Attention(nnx.Module):
+    """Self-attention with a fused `qkv` projection (features ordered [q | k | v], head-major)."""
+
+    def __init__(self, dim: int, num_heads: int, rope_base: float | None, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.rope_base = rope_base
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array, pos: jax.Array | None, impl: str | None = None) -> jax.Array:
+        b, t, c = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.rope_base is not None:
+            q, k = rope2d(q, pos, self.rope_base), rope2d(k, pos, self.rope_base)
+        return self.proj(attention(q, k, v, impl).reshape(b, t, c))
+
+
+class CrossAttention(nnx.Module):
+    """Cross-attention: queries from x (rotated with xpos), keys/values from y (keys rotated with ypos)."""
+
+    def __init__(self, dim: int, num_heads: int, rope_base: float | None, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.rope_base = rope_base
+        self.projq = nnx.Linear(dim, dim, rngs=rngs)
+        self.projk = nnx.Linear(dim, dim, rngs=rngs)
+        self.projv = nnx.Linear(dim, dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array, y: jax.Array, xpos: jax.Array | None, ypos: jax.Array | None,
+                 impl: str | None = None) -> jax.Array:
+        b, tq, c = x.shape
+        tk = y.shape[1]
+        nh = self.num_heads
+        q = self.projq(x).reshape(b, tq, nh, c // nh)
+        k = self.projk(y).reshape(b, tk, nh, c // nh)
+        v = self.projv(y).reshape(b, tk, nh, c // nh)
+        if self.rope_base is not None:
+            q, k = rope2d(q, xpos, self.rope_base), rope2d(k, ypos, self.rope_base)
+        return self.proj(attention(q, k, v, impl).reshape(b, tq, c))
+
+
+class Block(nnx.Module):
+    """Pre-norm encoder block: x + Attn(LN1 x); x + MLP(LN2 x)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope_base: float | None, *, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, rngs)
+        self.attn = Attention(dim, num_heads, rope_base, rngs=rngs)
+        self.norm2 = layer_norm(dim, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+
+    def __call__(self, x: jax.Array, pos: jax.Array | None, impl: str | None = None) -> jax.Array:
+        x = x + self.attn(self.norm1(x), pos, impl)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-norm decoder block: self-attention, cross-attention into `y` (optionally LayerNorm-ed), MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope_base: float | None, norm_mem: bool,
+                 *, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, rngs)
+        self.attn = Attention(dim, num_heads, rope_base, rngs=rngs)
+        self.cross_attn = CrossAttention(dim, num_heads, rope_base, rngs=rngs)
+        self.norm2 = layer_norm(dim, rngs)
+        self.norm3 = layer_norm(dim, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+        self.norm_y = layer_norm(dim, rngs) if norm_mem else None
+
+    def __call__(self, x: jax.Array, y: jax.Array, xpos: jax.Array | None, ypos: jax.Array | None,
+                 impl: str | None = None) -> jax.Array:
+        x = x + self.attn(self.norm1(x), xpos, impl)
+        y_ = self.norm_y(y) if self.norm_y is not None else y
+        x = x + self.cross_attn(self.norm2(x), y_, xpos, ypos, impl)
+        return x + self.mlp(self.norm3(x))
+
+
+class Conv(nnx.Module):
+    """2-D convolution, NHWC, torch semantics (symmetric zero padding). kernel: (kh, kw, in, out)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, bias: bool = True,
+                 *, rngs: nnx.Rngs):
+        self.stride = stride
+        self.padding = padding
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (k, k, cin, cout)))
+        self.bias = nnx.Param(jnp.zeros((cout,))) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        kh = kernel.shape[0]
+        if kh == 1 and self.stride == 1:  # 1x1 conv: a plain matmul is faster on CPU
+            y = jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
+        else:
+            p = self.padding
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), [(p, p), (p, p)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class ConvTranspose(nnx.Module):
+    """ConvTranspose2d with kernel == stride and no padding (non-overlapping up-sampling by `k`).
+
+    kernel: (kh, kw, in, out) (torch stores (in, out, kh, kw)). Each input pixel writes one k x k
+    output block, so the layer is a matmul followed by a pixel shuffle.
+    """
+
+    def __init__(self, cin: int, cout: int, k: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (k, k, cin, cout)))
+        self.bias = nnx.Param(jnp.zeros((cout,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        k = kernel.shape[0]
+        b, h, w, _ = x.shape
+        y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel)
+        return y.reshape(b, h * k, w * k, kernel.shape[-1]) + self.bias[...]
+
+
+def pixel_shuffle(feat: jax.Array, p: int) -> jax.Array:
+    """Token features to pixels, torch `pixel_shuffle` channel order.
+
+    Args:
+      feat: (B, h, w, C*p*p) with channel index `c*p*p + i*p + j`.
+    Returns:
+      (B, h*p, w*p, C): pixel `(y*p + i, x*p + j)` holds channel c.
+    """
+    b, h, w, cpp = feat.shape
+    c = cpp // (p * p)
+    return feat.reshape(b, h, w, c, p, p).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * p, w * p, c)
+
+
+def resize_bilinear_align_corners(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
+    """Bilinear resize with `align_corners=True` (torch `F.interpolate` semantics), NHWC."""
+
+    def weights(n_in: int, n_out: int) -> jax.Array:
+        if n_out == 1 or n_in == 1:
+            src = jnp.zeros((n_out,), jnp.float32)
+        else:
+            src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / (n_out - 1))
+        i0 = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n_in - 1)
+        i1 = jnp.minimum(i0 + 1, n_in - 1)
+        lam = src - i0.astype(jnp.float32)
+        return (jax.nn.one_hot(i0, n_in) * (1 - lam)[:, None] + jax.nn.one_hot(i1, n_in) * lam[:, None])
+
+    a_h = weights(x.shape[1], out_h).astype(x.dtype)
+    a_w = weights(x.shape[2], out_w).astype(x.dtype)
+    return jnp.einsum("oh,bhwc,pw->bopc", a_h, x, a_w, precision=jax.lax.Precision.HIGHEST)

@@ -106,8 +106,8 @@ def resize_and_crop(
         half = min(cx, cy)
         box = (cx - half, cy - half, cx + half, cy + half)
     else:
-        # Half-widths as the official code computes them; PIL's crop rounds the box, so for odd
-        # patch sizes the fractional halves behave exactly as upstream.
+        # The official code hard-codes p = 16 (`((2 * cx) // 16) * 8`). For an odd p the halves can
+        # be fractional; PIL's crop rounds each box coordinate (half to even), as it would upstream.
         halfw = ((2 * cx) // patch_size) * patch_size / 2
         halfh = ((2 * cy) // patch_size) * patch_size / 2
         if patch_size % 2 == 0:

@@ -14,7 +14,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "f3d_jax.weights.loading",
     "save_model": "f3d_jax.weights.loading",
-    "Model": "f3d_jax.weights.loading",
+    "Model": "f3d_jax.models.model",
+    "load_images": "f3d_jax.io.images",
+    "ImageLoadError": "f3d_jax.io.images",
+    "make_pairs": "f3d_jax.infer.pairs",
+    "pairs_to_edges": "f3d_jax.infer.pairs",
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import fixture_path
 
-from f3d_jax.inference.pairs import (
+from f3d_jax.infer.pairs import (
     SelfPairWarning,
     make_pair_indices,
     make_pairs,

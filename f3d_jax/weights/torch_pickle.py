@@ -14,6 +14,7 @@ storage), `byteorder` (`little`/`big`, absent in old files = little), `version`,
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import math
@@ -151,14 +152,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ("_codecs", "encode"): self._codecs_encode,
             ("builtins", "set"): set,
             ("builtins", "frozenset"): frozenset,
-            ("__builtin__", "set"): set,
-            ("__builtin__", "frozenset"): frozenset,
             ("numpy.core.multiarray", "scalar"): self._numpy_scalar,
             ("numpy._core.multiarray", "scalar"): self._numpy_scalar,
             ("numpy", "dtype"): self._numpy_dtype,
         }
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles name Python 2 modules (`__builtin__`, `commands`); map them as the
+        # standard unpickler does, so the allow-list and the error message use today's names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if module == "torch" and name in self._storage_types:
             return self._storage_types[name]
         try:

@@ -120,12 +120,12 @@ class _Storage:
         self.taken = False
 
 
-def _sniff(path: Path, head: bytes) -> str | None:
+def _sniff(head: bytes) -> str | None:
     """Names the format of a file that is not a zip, from its first bytes."""
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             return what
-    if head.startswith(b"\x80\x02\x8a\x0a") or head.startswith(b"\x80\x02\x8a"):
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # the LONG1 magic number of torch's legacy format
         return "a legacy (pre-1.6, non-zip) torch.save file; re-save it with a recent torch"
     if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
         return "a safetensors file (use the safetensors reader)"
@@ -345,7 +345,7 @@ def read_pth(path: str | os.PathLike) -> dict[str, Any]:
     with open(path, "rb") as f:
         head = f.read(64)
     if not head.startswith(b"PK"):
-        what = _sniff(path, head)
+        what = _sniff(head)
         raise CheckpointError(
             path, f"not a PyTorch checkpoint: this is {what}" if what else "not a PyTorch checkpoint (not a zip archive)"
         )

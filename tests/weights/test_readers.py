@@ -359,6 +359,14 @@ def test_foreign_and_empty_files(tmp_path, hf_folder):
         read_pth(hf_folder("dust3r_linear") / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"nothere\.pth: no such file"):
         read_pth(tmp_path / "nothere.pth")
+    legacy = tmp_path / "old.pth"
+    legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")
+    with pytest.raises(CheckpointError, match=r"old\.pth: .*legacy \(pre-1\.6, non-zip\) torch\.save"):
+        read_pth(legacy)
+    bare = tmp_path / "bare.pth"
+    bare.write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    with pytest.raises(CheckpointError, match=r"bare\.pth: .*bare pickle"):
+        read_pth(bare)
     xz = tmp_path / "checkpoint.pth.xz"
     shutil.copyfile(fixture_path("networks", "croco_v1", "checkpoint.pth.xz"), xz)
     with pytest.raises(CheckpointError, match=r"xz-compressed"):

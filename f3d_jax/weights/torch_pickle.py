@@ -106,20 +106,26 @@ class _StorageType:
     dtype: np.dtype
 
 
-@dataclass(frozen=True)
 class _Storage:
-    """A typed storage: the flat array of one `data/<key>` record."""
+    """A typed storage: the flat array of one `data/<key>` record.
 
-    key: str
-    array: np.ndarray  # (numel,) in the storage dtype, native byte order
+    The first tensor that covers the whole storage contiguously takes the array itself (no copy:
+    peak memory stays at one copy of the weights); any other view (a shared storage's second
+    name, a slice, a transpose) gets its own contiguous copy.
+    """
+
+    def __init__(self, key: str, array: np.ndarray):
+        self.key = key
+        self.array = array  # (numel,) in the storage dtype, native byte order
+        self.taken = False
 
 
-def _sniff(path: Path, head: bytes) -> str | None:
+def _sniff(head: bytes) -> str | None:
     """Names the format of a file that is not a zip, from its first bytes."""
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             return what
-    if head.startswith(b"\x80\x02\x8a\x0a") or head.startswith(b"\x80\x02\x8a"):
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # the LONG1 magic number of torch's legacy format
         return "a legacy (pre-1.6, non-zip) torch.save file; re-save it with a recent torch"
     if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
         return "a safetensors file (use the safetensors reader)"
@@ -228,6 +234,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"tensor of shape {tuple(size)} (offset {storage_offset}, stride {tuple(stride)}) "
                 f"does not fit in its storage data/{storage.key} of {flat.size} elements",
             )
+        c_strides = [math.prod(size[i + 1 :]) for i in range(len(size))]
+        whole = storage_offset == 0 and count == flat.size
+        if whole and not storage.taken and all(n == 1 or s == c for n, s, c in zip(size, stride, c_strides)):
+            storage.taken = True
+            return flat.reshape(tuple(size))
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[storage_offset:],
@@ -235,7 +246,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             strides=tuple(s * item for s in stride),
             writeable=False,
         )
-        # An owned, contiguous copy: shared storages stay shared on disk only.
+        # An owned, contiguous copy: tensors sharing a storage on disk do not alias in memory.
         return np.array(view, order="C", copy=True)
 
     def _rebuild_parameter(self, data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
@@ -280,20 +291,27 @@ class _Records:
             return cached
         name = f"{self._prefix}data/{key}"
         try:
-            raw = self._zf.read(name)
+            info = self._zf.getinfo(name)
         except KeyError:
             raise CheckpointError(self._source, f"record '{name}' is missing from the archive") from None
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(self._source, f"record '{name}' cannot be read ({e}): file corrupt or truncated") from None
         need = numel * dtype.itemsize
-        if len(raw) < need:
+        if info.file_size < need:
             raise CheckpointError(
                 self._source,
-                f"record '{name}' holds {len(raw)} bytes but its storage needs {need} ({numel} x {dtype.name})",
+                f"record '{name}' holds {info.file_size} bytes but its storage needs {need} ({numel} x {dtype.name})",
             )
-        arr = np.frombuffer(raw, dtype=dtype, count=numel)
+        arr = np.empty(numel, dtype=dtype)
+        try:
+            with self._zf.open(info) as f:
+                got = f.readinto(arr.view(np.uint8)) if need else 0
+                if got == need and info.file_size == need:
+                    f.read(1)  # reach EOF so that zipfile verifies the record's CRC-32
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(self._source, f"record '{name}' cannot be read ({e}): file corrupt or truncated") from None
+        if got != need:
+            raise CheckpointError(self._source, f"record '{name}' ended after {got} of {need} bytes: file truncated")
         if self._big_endian and dtype.itemsize > 1:
-            arr = arr.byteswap()
+            arr.byteswap(inplace=True)
         storage = _Storage(key, arr)
         self._cache[(key, dtype.str)] = storage
         return storage
@@ -327,7 +345,7 @@ def read_pth(path: str | os.PathLike) -> dict[str, Any]:
     with open(path, "rb") as f:
         head = f.read(64)
     if not head.startswith(b"PK"):
-        what = _sniff(path, head)
+        what = _sniff(head)
         raise CheckpointError(
             path, f"not a PyTorch checkpoint: this is {what}" if what else "not a PyTorch checkpoint (not a zip archive)"
         )

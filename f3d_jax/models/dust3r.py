@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from f3d_jax.models.config import DUSt3RConfig, MASt3RConfig
-from f3d_jax.models.heads import (CatMlpDPTHead, DPTHead, LinearHead, postprocess, postprocess_mast3r)
+from f3d_jax.models.heads import (CatMlpDPTHead, DPTHead, LinearHead, postprocess, postprocess_mast3r,
+                                  transpose_to_landscape)
 from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
 from f3d_jax.nn.patch_embed import PatchEmbed
 
@@ -129,15 +130,12 @@ class AsymmetricCroCo3DStereo(nnx.Module):
         """
         head = self.downstream_head1 if which == 1 else self.downstream_head2
         decout = [t.astype(jnp.float32) for t in decout]  # the official heads run in float32
-        prefix = f"{name}.head."
-        if not self.cfg.landscape_only or true_shape is None:
-            return self._postprocess(head.raw(decout, hw, inter, prefix))
-        h, w = min(hw), max(hw)
-        land = self._postprocess(head.raw(decout, (h, w), inter, prefix + "landscape."))
-        port = self._postprocess(head.raw(decout, (w, h), inter, prefix + "portrait."))
-        is_portrait = true_shape[:, 1] < true_shape[:, 0]
-        return {k: jnp.where(is_portrait.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.swapaxes(port[k], 1, 2), v)
-                for k, v in land.items()}
+
+        def head_fn(layout: tuple[int, int], orientation: str) -> dict[str, jax.Array]:
+            tag = f"{orientation}." if orientation else ""
+            return self._postprocess(head.raw(decout, layout, inter, f"{name}.head.{tag}"))
+
+        return transpose_to_landscape(head_fn, hw, true_shape, self.cfg.landscape_only)
 
     # -- full forward ----------------------------------------------------------------------------
 
@@ -145,17 +143,14 @@ class AsymmetricCroCo3DStereo(nnx.Module):
                  true_shape2: jax.Array | None = None, inter: Inter = None,
                  impl: str | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """`model(view1, view2)` on arrays. Returns (pred1, pred2); pred2 holds `pts3d_in_other_view`."""
-        if img1.shape[1:3] == img2.shape[1:3]:
+        if img1.shape[1:3] == img2.shape[1:3] and inter is None:
             b = img1.shape[0]
             ts = None if true_shape1 is None else jnp.concatenate([true_shape1, true_shape2])
-            f, pos = self.encode(jnp.concatenate([img1, img2]), ts, None, impl=impl)
+            f, pos = self.encode(jnp.concatenate([img1, img2]), ts, impl=impl)
             f1, f2, pos1, pos2 = f[:b], f[b:], pos[:b], pos[b:]
-        else:
-            f1, pos1 = self.encode(img1, true_shape1, None, impl=impl)
-            f2, pos2 = self.encode(img2, true_shape2, None, impl=impl)
-        if inter is not None:  # encode again per view only to record per-view intermediates (trace-time)
-            self.encode(img1, true_shape1, inter, "view1", impl)
-            self.encode(img2, true_shape2, inter, "view2", impl)
+        else:  # different shapes, or per-view intermediates requested
+            f1, pos1 = self.encode(img1, true_shape1, inter, "view1", impl)
+            f2, pos2 = self.encode(img2, true_shape2, inter, "view2", impl)
         d1, d2 = self.decode(f1, pos1, f2, pos2, inter, impl)
         res1 = self.head(1, d1, img1.shape[1:3], true_shape1, inter, "view1")
         res2 = self.head(2, d2, img2.shape[1:3], true_shape2, inter, "view2")

@@ -75,6 +75,32 @@ def postprocess_mast3r(fmap: jax.Array, depth_mode, conf_mode, desc_dim: int, tw
     return res
 
 
+def transpose_to_landscape(head_fn, hw: tuple[int, int], true_shape: jax.Array | None,
+                           landscape_only: bool) -> dict[str, jax.Array]:
+    """Orientation handling around a pixel head, as the official `transpose_to_landscape`.
+
+    Args:
+      head_fn: `(layout, orientation) -> {name: (B, h, w, ...)}`: the head called for one image
+        layout `(h, w)`; `orientation` is '', 'landscape' or 'portrait' (for naming intermediates).
+      hw: (H, W) of the images as stored in the batch.
+      true_shape: (B, 2) int (height, width) of each entry; needed when `landscape_only`.
+      landscape_only: False (inference): one call with `hw`. True (training): the batch is in
+        landscape storage; landscape entries use (min, max) and portrait entries (width < height)
+        use (max, min), their outputs transposed back into landscape storage. Both layouts are
+        evaluated for the whole batch and selected per entry, so shapes stay static under jit.
+
+    Returns:
+      {name: (B, H, W, ...)} in the storage layout.
+    """
+    if not landscape_only or true_shape is None:
+        return head_fn(hw, "")
+    h, w = min(hw), max(hw)
+    land, port = head_fn((h, w), "landscape"), head_fn((w, h), "portrait")
+    is_portrait = true_shape[:, 1] < true_shape[:, 0]
+    return {k: jnp.where(is_portrait.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.swapaxes(port[k], 1, 2), v)
+            for k, v in land.items()}
+
+
 def tokens_to_map(tokens: jax.Array, h: int, w: int) -> jax.Array:
     """(B, h*w, C) row-major tokens -> (B, h, w, C)."""
     return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])

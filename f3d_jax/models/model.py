@@ -32,10 +32,30 @@ def build_module(config: CroCoConfig, rngs: nnx.Rngs) -> nnx.Module:
     return CroCoNet(config, rngs=rngs)
 
 
+class _ShapeOnlyRngs:
+    """Stands in for `nnx.Rngs` when only shapes are wanted: always the same key, no counter.
+
+    Under `eval_shape`, every `nnx.Rngs` draw updates a traced counter, and flax's update queries
+    the tracer's `.sharding`, whose error message walks the whole trace: quadratic in the number of
+    parameters (about a minute for MASt3R). Shapes do not depend on the keys, so one fixed key does.
+    """
+
+    def __init__(self) -> None:
+        self._key = jax.random.key(0)
+
+    def __call__(self) -> jax.Array:
+        return self._key
+
+    def __getattr__(self, name: str):  # rngs.params(), rngs.default(), ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+
 @functools.lru_cache(maxsize=32)
 def abstract_module(config: CroCoConfig) -> nnx.Module:
     """The module built with `nnx.eval_shape`: shapes only, no memory, no random numbers."""
-    return nnx.eval_shape(lambda: build_module(config, nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: build_module(config, _ShapeOnlyRngs()))
 
 
 @functools.lru_cache(maxsize=32)
@@ -50,14 +70,10 @@ def abstract_params(config: CroCoConfig) -> dict:
 
 def init_params(config: CroCoConfig, key: jax.Array) -> dict:
     """Randomly initialised params (for training from scratch and benchmarks), built under jit."""
-    graphdef = graphdef_of(config)
-
     @jax.jit
     def make(k):
-        module = build_module(config, nnx.Rngs(k))
-        return nnx.to_pure_dict(nnx.split(module)[1])
+        return nnx.to_pure_dict(nnx.split(build_module(config, nnx.Rngs(k)))[1])
 
-    del graphdef
     return make(key)
 
 

@@ -121,7 +121,7 @@ def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray]
     _, abstract, table = abstract_model(config)
     leaves = dict(_flatten(abstract))
     params: dict = {}
-    unexpected, misshaped, filled = [], [], {}
+    unexpected, misshaped, filled, seen = [], [], {}, set()
     for key, value in state_dict.items():
         alias = _ALIAS.match(key)
         canon = f"{alias.group(1)}layer_rn.{int(alias.group(2)) - 1}.weight" if alias else key
@@ -129,6 +129,7 @@ def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray]
             unexpected.append(key)
             continue
         path, kind = table[canon]
+        seen.add(canon)
         arr = _TO_JAX[kind](np.asarray(value))
         want = leaves[path].shape
         if arr.shape != tuple(want):
@@ -142,7 +143,7 @@ def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray]
         filled[canon] = arr
         target = jnp.dtype(dtype) if dtype is not None else leaves[path].dtype
         _set(params, path, jnp.asarray(arr, dtype=target))
-    missing = sorted(set(table) - set(filled))
+    missing = sorted(set(table) - seen)
     if missing or unexpected or misshaped:
         lines = []
         if missing:

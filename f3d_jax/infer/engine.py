@@ -219,7 +219,7 @@ class EngineStats:
     decoder_pairs: int = 0
     decoder_calls: int = 0
     encode_s: float = 0.0  # wall time, dispatch + compile + run (blocked at the end of encoding)
-    decode_s: float = 0.0
+    decode_s: float = 0.0  # iter_batches: dispatch only; predict / __call__: until the last batch is on the host
     buckets: dict = dataclasses.field(default_factory=dict)  # (hw1, hw2) -> number of pairs
 
 
@@ -277,6 +277,17 @@ class InferenceEngine:
         nb = -(-n // self.encoder_batch_size)
         return self.encoder_batch_size * (1 << max(0, math.ceil(math.log2(nb))))
 
+    def empty_store(self, hw: tuple[int, int], n: int) -> tuple[jax.Array, jax.Array]:
+        """Zeroed replicated feature / position stores for `n` images of size `hw`."""
+        be = self.encoder_batch_size
+        img_spec = jax.ShapeDtypeStruct((be, *hw, 3), jnp.float32)
+        ts_spec = jax.ShapeDtypeStruct((be, 2), jnp.int32)
+        f_spec, p_spec = jax.eval_shape(
+            lambda p, i, t: encode_images(self.config, p, i, t, self.attention_impl), self.params, img_spec, ts_spec)
+        cap = self._store_capacity(n)
+        return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._rep),
+                jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._rep))
+
     def encode(self, images: Sequence[_Image], verbose: bool = False) -> tuple[dict[tuple, tuple[tuple, int]],
                                                                             dict[tuple, _Store]]:
         """Encode distinct images (grouped by shape) into per-shape stores.
@@ -293,14 +304,7 @@ class InferenceEngine:
         stores: dict[tuple, _Store] = {}
         bar = _progress(len(images), "encode", "img", verbose)
         for hw, ims in by_shape.items():
-            cap = self._store_capacity(len(ims))
-            img_spec = jax.ShapeDtypeStruct((be, *hw, 3), jnp.float32)
-            ts_spec = jax.ShapeDtypeStruct((be, 2), jnp.int32)
-            f_spec, p_spec = jax.eval_shape(
-                lambda p, i, t: encode_images(self.config, p, i, t, self.attention_impl), self.params, img_spec,
-                ts_spec)
-            sf = jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._rep)
-            sp = jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._rep)
+            sf, sp = self.empty_store(hw, len(ims))
             for start in range(0, len(ims), be):
                 chunk = ims[start:start + be]
                 img = np.zeros((be, *hw, 3), np.float32)
@@ -340,7 +344,7 @@ class InferenceEngine:
         slot, stores = self.encode(distinct, verbose)
         st.encode_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
+        t0 = self._decode_t0 = time.perf_counter()
         buckets: dict[tuple, list[int]] = {}
         for k, (a, b) in enumerate(per_pair):
             buckets.setdefault((a.hw, b.hw), []).append(k)
@@ -387,6 +391,7 @@ class InferenceEngine:
             pending = item
         if pending is not None:
             land(pending)
+        self.stats.decode_s = time.perf_counter() - self._decode_t0  # up to the last batch on the host
         return out
 
     def __call__(self, pairs: Sequence[Pair], verbose: bool = False) -> dict[str, Any]:

@@ -139,6 +139,43 @@ def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: 
     return res1, res2
 
 
+@functools.partial(jax.jit, static_argnames=("config", "impl"))
+def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
+                      true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
+                      impl: str | None = None):
+    """Encode a pair once, run decoders + heads in both directions (MASt3R's `symmetric_inference`).
+
+    The two images are encoded in one call when their sizes agree (as the official
+    `_encode_image_pairs`), separately otherwise.
+
+    Args:
+      img1, img2: (B, H1, W1, 3), (B, H2, W2, 3) in [-1, 1].
+      true_shape1, true_shape2: (B, 2) int (height, width); only read by training-style models.
+
+    Returns:
+      (res11, res21, res22, res12): res11/res21 = view 1 as reference (`model(view1, view2)`),
+      res22/res12 = view 2 as reference. Each is a dict of (B, H, W, ...) float32 maps whose
+      points are under the key `pts3d` (no `pts3d_in_other_view` renaming, as the official code).
+    """
+    model = _module(config, params)
+    dt = _dtype(params)
+    img1, img2 = img1.astype(dt), img2.astype(dt)
+    hw1, hw2 = img1.shape[1:3], img2.shape[1:3]
+    if hw1 == hw2:
+        b = img1.shape[0]
+        ts = None if true_shape1 is None else jnp.concatenate([true_shape1, true_shape2])
+        f, pos = model.encode(jnp.concatenate([img1, img2]), ts, impl=impl)
+        f1, f2, pos1, pos2 = f[:b], f[b:], pos[:b], pos[b:]
+    else:
+        f1, pos1 = model.encode(img1, true_shape1, impl=impl)
+        f2, pos2 = model.encode(img2, true_shape2, impl=impl)
+    d1, d2 = model.decode(f1, pos1, f2, pos2, impl=impl)
+    res11, res21 = model.head(1, d1, hw1, true_shape1), model.head(2, d2, hw2, true_shape2)
+    e2, e1 = model.decode(f2, pos2, f1, pos1, impl=impl)
+    res22, res12 = model.head(1, e2, hw2, true_shape2), model.head(2, e1, hw1, true_shape1)
+    return res11, res21, res22, res12
+
+
 # ---------------------------------------------------------------------------------------------
 # CroCo
 

@@ -19,6 +19,13 @@ _LAZY = {
     "ImageLoadError": "f3d_jax.io.images",
     "make_pairs": "f3d_jax.infer.pairs",
     "pairs_to_edges": "f3d_jax.infer.pairs",
+    "inference": "f3d_jax.infer.engine",
+    "symmetric_inference": "f3d_jax.infer.engine",
+    "InferenceEngine": "f3d_jax.infer.engine",
+    "infer_scene": "f3d_jax.infer.scene",
+    "CheckpointError": "f3d_jax.weights.errors",
+    "list_checkpoints": "f3d_jax.weights.registry",
+    "get_checkpoint_info": "f3d_jax.weights.registry",
 }
 
 

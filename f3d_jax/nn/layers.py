@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from f3d_jax.nn.rope import rope2d
@@ -170,19 +171,25 @@ def pixel_shuffle(feat: jax.Array, p: int) -> jax.Array:
     return feat.reshape(b, h, w, c, p, p).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * p, w * p, c)
 
 
+def _lerp_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
+    """Linear interpolation along one axis with align_corners=True sample positions."""
+    n_in = x.shape[axis]
+    src = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1) if n_out > 1 and n_in > 1 else 0.0)
+    src = src.astype(np.float32)  # torch computes the source coordinate in float32
+    i0 = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0.astype(np.float32)).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    lam = jnp.asarray(lam.reshape(shape), x.dtype)
+    a, b = jnp.take(x, i0, axis=axis), jnp.take(x, i1, axis=axis)
+    return a * (1 - lam) + b * lam
+
+
 def resize_bilinear_align_corners(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
-    """Bilinear resize with `align_corners=True` (torch `F.interpolate` semantics), NHWC."""
+    """Bilinear resize with `align_corners=True` (torch `F.interpolate` semantics), NHWC.
 
-    def weights(n_in: int, n_out: int) -> jax.Array:
-        if n_out == 1 or n_in == 1:
-            src = jnp.zeros((n_out,), jnp.float32)
-        else:
-            src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / (n_out - 1))
-        i0 = jnp.clip(jnp.floor(src).astype(jnp.int32), 0, n_in - 1)
-        i1 = jnp.minimum(i0 + 1, n_in - 1)
-        lam = src - i0.astype(jnp.float32)
-        return (jax.nn.one_hot(i0, n_in) * (1 - lam)[:, None] + jax.nn.one_hot(i1, n_in) * lam[:, None])
-
-    a_h = weights(x.shape[1], out_h).astype(x.dtype)
-    a_w = weights(x.shape[2], out_w).astype(x.dtype)
-    return jnp.einsum("oh,bhwc,pw->bopc", a_h, x, a_w, precision=jax.lax.Precision.HIGHEST)
+    Separable: gathers and lerps along W, then along H (no dense interpolation matrices, whose
+    matmuls cost more than the rest of the DPT head's final stage on CPU).
+    """
+    return _lerp_axis(_lerp_axis(x, 2, out_w), 1, out_h)

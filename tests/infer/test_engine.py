@@ -20,7 +20,9 @@ from f3d_jax.infer import (InferenceEngine, PairInputError, infer_scene, inferen
 from f3d_jax.infer.pairs import make_pairs, pairs_to_edges
 from f3d_jax.models.model import stereo_forward, symmetric_forward
 
-from .conftest import MODEL_CASES, fixture_images
+from .conftest import fixture_images
+
+MODEL_CASES = ("dust3r_linear", "dust3r_dpt", "mast3r")
 
 ONE = jax.devices()[:1]
 

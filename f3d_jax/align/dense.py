@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from f3d_jax.align import params as P
-from f3d_jax.align.losses import CONF_MODES, DISTS, ROBUST, alignment_loss, apply_3x3, conf_transform
+from f3d_jax.align.losses import CONF_MODES, DISTS, ROBUST, alignment_loss, apply_3x3
 from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES, lr_curve
 
 MODES = ("pco", "modular", "pairviewer")
@@ -157,7 +157,8 @@ class DenseConfig:
       focal_break: focal parameter = focal_break * log f (official 20).
       optimize_pp: optimise principal points (official default False).
       min_conf_thr: only defines `Scene.masks` (not used by the loss, as officially).
-      storage_dtype: 'float32' or 'bfloat16' storage of the predictions (math stays float32).
+      storage_dtype: 'float32' or 'bfloat16' storage of the predictions/confidences (math stays float32).
+      chunk_pixels: edge-pixels the loss processes at once (whole edges): bounds the loop's temporaries.
       b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
     """
 
@@ -176,6 +177,7 @@ class DenseConfig:
     optimize_pp: bool = False
     min_conf_thr: float = 3.0
     storage_dtype: str = "float32"
+    chunk_pixels: int = 1 << 22
     b1: float = 0.9
     b2: float = 0.9
     eps: float = 1e-8
@@ -203,11 +205,9 @@ def _pose_matrix(R: jax.Array, T: jax.Array) -> jax.Array:
 
 
 def _image_conf(conf_i: jax.Array, conf_j: jax.Array, ei: jax.Array, ej: jax.Array, n: int) -> jax.Array:
-    """(N, H, W) per-image max of every confidence predicted for the image (starting from 0, as officially)."""
-    c = jnp.concatenate([conf_i, conf_j], axis=0)
-    idx = jnp.concatenate([ei, ej], axis=0)
-    m = jax.ops.segment_max(c, idx, num_segments=n)
-    return jnp.maximum(m, 0.0)
+    """(N, H, W) float32 per-image max of every confidence predicted for the image (from 0, as officially)."""
+    m = jnp.maximum(jax.ops.segment_max(conf_i, ei, num_segments=n), jax.ops.segment_max(conf_j, ej, num_segments=n))
+    return jnp.maximum(m.astype(jnp.float32), 0.0)
 
 
 def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) -> Scene:
@@ -273,13 +273,17 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
         pin_translation=pin,
     )
 
-    # data in the loss layout: (E, 3, HW) points, (E, HW) weights
-    pred_i = jnp.moveaxis(problem.pred_i.reshape(E, HW, 3), -1, 1).astype(sdt)
-    pred_j = jnp.moveaxis(problem.pred_j.reshape(E, HW, 3), -1, 1).astype(sdt)
+    # (E, HW, 3) views of the stored predictions (a reshape: no copy unless a storage cast is asked for)
+    pred_i = problem.pred_i.reshape(E, HW, 3)
+    pred_j = problem.pred_j.reshape(E, HW, 3)
+    if pred_i.dtype != sdt and c.storage_dtype == "bfloat16":
+        pred_i, pred_j = pred_i.astype(sdt), pred_j.astype(sdt)
     keep = 1.0 - problem.ignore.reshape(N, HW).astype(f32)
-    ew = problem.edge_weights.astype(f32)[:, None]
-    w_i = conf_transform(problem.conf_i.astype(f32).reshape(E, HW), c.conf) * keep[problem.ei] * ew
-    w_j = conf_transform(problem.conf_j.astype(f32).reshape(E, HW), c.conf) * keep[problem.ej] * ew
+    ew = problem.edge_weights.astype(f32)
+    conf_i = problem.conf_i.reshape(E, HW)
+    conf_j = problem.conf_j.reshape(E, HW)
+    if c.storage_dtype == "bfloat16":
+        conf_i, conf_j = conf_i.astype(sdt), conf_j.astype(sdt)
 
     def decode(p: P.Params) -> dict[str, jax.Array]:
         R_im, T_im, R_pw, T_pw = P.decode_poses(c.param, p)
@@ -306,8 +310,9 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
         d = decode(p)
         return alignment_loss(
             R_im=d["R_im"], T_im=d["T_im"], cam_pts=d["cam_pts"], R_pw=d["R_pw"], T_pw=d["T_pw"], s_pw=d["s_pw"],
-            pred_i=pred_i, pred_j=pred_j, w_i=w_i, w_j=w_j, ei=problem.ei, ej=problem.ej,
-            dist=c.dist, robust=c.robust, robust_scale=c.robust_scale,
+            pred_i=pred_i, pred_j=pred_j, conf_i=conf_i, conf_j=conf_j, keep=keep, edge_weights=ew,
+            ei=problem.ei, ej=problem.ej, conf_mode=c.conf, dist=c.dist, robust=c.robust,
+            robust_scale=c.robust_scale, chunk_pixels=c.chunk_pixels,
         )
 
     adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps)
@@ -341,7 +346,7 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
     init_state, _ = state_of(raw)
     fin, d = state_of(final)
     pts3d = jnp.moveaxis(apply_3x3(d["R_im"], d["cam_pts"]) + d["T_im"][:, :, None], 1, -1)
-    im_conf = _image_conf(problem.conf_i.astype(f32), problem.conf_j.astype(f32), problem.ei, problem.ej, N)
+    im_conf = _image_conf(problem.conf_i, problem.conf_j, problem.ei, problem.ej, N)
     return Scene(
         cam2world=fin.cam2world,
         focals=fin.focals,

@@ -315,7 +315,9 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
             robust_scale=c.robust_scale, chunk_pixels=c.chunk_pixels,
         )
 
-    adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps)
+    # eps_root: frozen/pinned entries have v = 0 forever and d sqrt(v)/dv = inf there; a tiny eps_root keeps
+    # the derivative finite (end-to-end grads would be NaN otherwise) and changes no float32 value in practice
+    adam = optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps, eps_root=1e-30)
     vg = P.value_and_grad(c.param, loss_fn)
     tangent0 = jax.tree.map(jnp.zeros_like, gmask)
     opt0 = adam.init(tangent0)

@@ -212,14 +212,20 @@ def _image_conf(conf_i: jax.Array, conf_j: jax.Array, ei: jax.Array, ej: jax.Arr
     """
 
     def body(e, acc):
-        for conf, idx in ((conf_i, ei), (conf_j, ej)):
+        # the barrier ties the inputs to the loop counter: no whole-array float32 convert hoisted out of the loop
+        ci, cj, e = jax.lax.optimization_barrier((conf_i, conf_j, e))
+        for conf, idx in ((ci, ei), (cj, ej)):
             k = idx[e]
             cur = jax.lax.dynamic_index_in_dim(acc, k, keepdims=False)
-            new = jnp.maximum(cur, jax.lax.dynamic_index_in_dim(conf, e, keepdims=False).astype(jnp.float32))
+            new = jnp.maximum(cur, jax.lax.dynamic_index_in_dim(conf, e, keepdims=False).astype(acc.dtype))
             acc = jax.lax.dynamic_update_index_in_dim(acc, new, k, axis=0)
         return acc
 
-    return jax.lax.fori_loop(0, ei.shape[0], body, jnp.zeros((n,) + conf_i.shape[1:], jnp.float32))
+    # max in the storage dtype (exact), converted once at the end: a per-edge convert would be hoisted out of
+    # the loop as a whole-array float32 copy
+    dt = jnp.promote_types(conf_i.dtype, conf_j.dtype)
+    out = jax.lax.fori_loop(0, ei.shape[0], body, jnp.zeros((n,) + conf_i.shape[1:], dt))
+    return out.astype(jnp.float32)
 
 
 def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) -> Scene:

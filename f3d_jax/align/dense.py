@@ -104,12 +104,9 @@ class Scene:
 
     def intrinsics(self) -> jax.Array:
         """(N, 3, 3) K matrices."""
-        N = self.focals.shape[-1]
         K = jnp.zeros(self.focals.shape + (3, 3), jnp.float32)
         K = K.at[..., 0, 0].set(self.focals).at[..., 1, 1].set(self.focals)
-        K = K.at[..., :2, 2].set(self.principal_points).at[..., 2, 2].set(1.0)
-        del N
-        return K
+        return K.at[..., :2, 2].set(self.principal_points).at[..., 2, 2].set(1.0)
 
 
 @_pytree_dataclass

@@ -3,6 +3,8 @@ end-to-end gradients (vs finite differences), vmap, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,8 +146,7 @@ def test_grad_wrt_predictions_matches_finite_differences(toy):
     v = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3)), jnp.float32)
 
     def objective(pred_i, conf_i):
-        sc = align_dense(prob.replace(pred_i=pred_i, conf_i=conf_i) if hasattr(prob, "replace") else
-                         type(prob)(**{**prob.__dict__, "pred_i": pred_i, "conf_i": conf_i}), st, cfg)
+        sc = align_dense(dataclasses.replace(prob, pred_i=pred_i, conf_i=conf_i), st, cfg)
         return jnp.sum(sc.cam2world[:, :3, 3] * v) + jnp.sum(sc.focals) * 1e-2
 
     f = jax.jit(objective)

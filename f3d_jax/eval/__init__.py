@@ -1,0 +1,7 @@
+"""Evaluation against ground truth: pose (RRA/RTA/mAA/ATE), focal, depth and point-cloud metrics."""
+
+from f3d_jax.eval.metrics import (depth_metrics, focal_metrics, pointcloud_metrics, pose_metrics,
+                                  relative_pose_errors, scene_accuracy, sim3_centres, world_points)
+
+__all__ = ["depth_metrics", "focal_metrics", "pointcloud_metrics", "pose_metrics", "relative_pose_errors",
+           "scene_accuracy", "sim3_centres", "world_points"]

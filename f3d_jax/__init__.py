@@ -24,6 +24,8 @@ _LAZY = {
     "InferenceEngine": "f3d_jax.infer.engine",
     "infer_scene": "f3d_jax.infer.scene",
     "CheckpointError": "f3d_jax.weights.errors",
+    "global_align": "f3d_jax.align.dense",
+    "Scene": "f3d_jax.align.dense",
     "list_checkpoints": "f3d_jax.weights.registry",
     "get_checkpoint_info": "f3d_jax.weights.registry",
 }

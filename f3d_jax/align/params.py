@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import jaxlie
 
+from f3d_jax.geometry import transforms
+
 Params = dict[str, Any]
 
 PARAMETERISATIONS = ("official", "manifold")
@@ -36,39 +38,23 @@ PP_BREAK = 10.0  # principal point = (W/2, H/2) + PP_BREAK * pp_param (official 
 
 def signed_log1p(x: jax.Array) -> jax.Array:
     """sign(x) * log(1 + |x|): the official translation code (inverse of `signed_expm1`)."""
-    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+    return transforms.signed_log1p(x, xnp=jnp)
 
 
 def signed_expm1(x: jax.Array) -> jax.Array:
     """sign(x) * (exp(|x|) - 1). Its derivative at exactly 0 is 0 (as in torch): this pins the root translation."""
-    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+    return transforms.signed_expm1(x, xnp=jnp)
 
 
 def quat_xyzw_to_rotmat(q: jax.Array) -> jax.Array:
-    """Rotation matrices of (not necessarily unit) XYZW quaternions, normalised first.
-
-    Args:
-      q: (..., 4) float32, XYZW (roma order).
-    Returns:
-      (..., 3, 3) float32.
-    """
-    q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    xw, yw, zw = x * w, y * w, z * w
-    rows = [
-        jnp.stack([1 - 2 * (yy + zz), 2 * (xy - zw), 2 * (xz + yw)], -1),
-        jnp.stack([2 * (xy + zw), 1 - 2 * (xx + zz), 2 * (yz - xw)], -1),
-        jnp.stack([2 * (xz - yw), 2 * (yz + xw), 1 - 2 * (xx + yy)], -1),
-    ]
-    return jnp.stack(rows, -2)
+    """(..., 4) XYZW (roma order, not necessarily unit) -> (..., 3, 3) rotations, normalised first."""
+    return transforms.quat_xyzw_to_rotmat(q, xnp=jnp)
 
 
 def rotmat_to_quat_xyzw(R: jax.Array) -> jax.Array:
     """Unit XYZW quaternions of rotation matrices (..., 3, 3) -> (..., 4)."""
     wxyz = jaxlie.SO3.from_matrix(R).wxyz
-    return jnp.concatenate([wxyz[..., 1:], wxyz[..., :1]], axis=-1)
+    return transforms.wxyz_to_xyzw(wxyz, xnp=jnp)
 
 
 def _se3(R: jax.Array, T: jax.Array) -> jaxlie.SE3:

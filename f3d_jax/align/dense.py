@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from f3d_jax.align import params as P
-from f3d_jax.align.losses import CONF_MODES, DISTS, ROBUST, alignment_loss, apply_3x3
+from f3d_jax.align.losses import CONF_MODES, DEFAULT_CHUNK_PIXELS, DISTS, ROBUST, alignment_loss, apply_3x3
 from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES, lr_curve
 
 MODES = ("pco", "modular", "pairviewer")
@@ -174,7 +174,7 @@ class DenseConfig:
     optimize_pp: bool = False
     min_conf_thr: float = 3.0
     storage_dtype: str = "float32"
-    chunk_pixels: int = 1 << 20
+    chunk_pixels: int = DEFAULT_CHUNK_PIXELS
     b1: float = 0.9
     b2: float = 0.9
     eps: float = 1e-8

@@ -106,7 +106,7 @@ def pixel_weights(conf: jax.Array, keep: jax.Array, edge_w: jax.Array, idx: jax.
     return conf_transform(conf.astype(jnp.float32), mode) * keep[idx] * edge_w[:, None]
 
 
-DEFAULT_CHUNK_PIXELS = 1 << 20  # edge-pixels processed at once: bounds the loop's temporaries
+DEFAULT_CHUNK_PIXELS = 1 << 17  # ~18 B/edge-pixel of loop temporaries at no measurable speed cost (bench_dense_ga)
 
 
 @functools.lru_cache(maxsize=None)

@@ -444,3 +444,19 @@ def test_resolve_hf_repo_not_cached(tmp_path, offline_hub):
     (tmp_path / "hub").mkdir()
     with pytest.raises(CheckpointError, match=r"hf://naver/Missing: cannot resolve the Hugging Face repo"):
         resolve_hf_repo("naver/Missing", cache_dir=tmp_path / "hub", local_files_only=True)
+
+
+def test_load_model_from_hub_repo_id(tmp_path, hf_folder, offline_hub):
+    """`load_model("org/name")` goes through the hub cache (never the network) to the same params as the folder."""
+    import jax
+
+    import f3d_jax
+
+    _make_hub_cache(tmp_path / "hub", "naver/Tiny_DUSt3R", hf_folder("dust3r_linear"), "ab" * 20)
+    from_repo = f3d_jax.load_model("naver/Tiny_DUSt3R", cache_dir=tmp_path / "hub")
+    from_folder = f3d_jax.load_model(hf_folder("dust3r_linear"))
+    assert from_repo.config == from_folder.config
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                                     from_repo.params, from_folder.params))
+    with pytest.raises(CheckpointError, match="naver/Missing"):
+        f3d_jax.load_model("naver/Missing", cache_dir=tmp_path / "hub")

@@ -43,22 +43,10 @@ ISSUE_BASELINE_BYTES = (150, 250)  # official peak memory per edge-pixel
 
 def make_edges(n: int, graph: str) -> list[tuple[int, int]]:
     """Symmetrised pair list in the official `make_pairs` order ('complete' or cyclic 'swin-k')."""
-    if graph == "complete":
-        pairs = [(i, j) for i in range(n) for j in range(i)]
-    elif graph.startswith("swin-"):
-        k = int(graph.split("-")[1])
-        seen: set[tuple[int, int]] = set()
-        pairs = []
-        for i in range(n):
-            for d in range(1, k + 1):
-                j = (i + d) % n
-                key = (min(i, j), max(i, j))
-                if i != j and key not in seen:
-                    seen.add(key)
-                    pairs.append((i, j))
-    else:
-        raise ValueError(f"unknown graph {graph!r}")
-    return pairs + [(j, i) for i, j in pairs]
+    sys.path.insert(0, str(REPO))
+    from experiments.synthetic import make_edges as edges_array
+
+    return [tuple(map(int, e)) for e in edges_array(n, graph)]
 
 
 def cpu_model() -> str:

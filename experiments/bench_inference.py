@@ -43,6 +43,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common  # noqa: E402
 
 from f3d_jax.infer import engine as E  # noqa: E402
 from f3d_jax.infer.pairs import make_pairs  # noqa: E402
@@ -57,17 +59,9 @@ SETTINGS = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     devs = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return (f"{cpu}; {ncpu} cores usable; {platform.platform()}; python {platform.python_version()}; "
+    return (f"{_bench_common.machine()}; {ncpu} cores usable; {platform.platform()}; "
             f"jax {jax.__version__} backend {jax.default_backend()} ({jax.device_count()} x {devs})")
 
 

@@ -55,7 +55,7 @@ def toy_scene(n=3, seed=0, noise=0.0):
 def near_truth_init(gt, seed=1, eps=0.02):
     """Ground truth (normalised scale) slightly perturbed, as an explicit init_state."""
     rng = np.random.default_rng(seed)
-    n, E = len(gt["cam2world"]), len(gt["edges"])
+    n = len(gt["cam2world"])
     c2w = gt["cam2world"].copy()
     c2w[1:, :3, 3] += eps * rng.normal(size=(n - 1, 3))
     pw = np.stack([gt["cam2world"][i] for i, _ in gt["edges"]])

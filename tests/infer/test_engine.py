@@ -18,7 +18,7 @@ import f3d_jax.infer.engine as engine_mod
 from f3d_jax.infer import (InferenceEngine, PairInputError, infer_scene, inference, symmetric_inference,
                            symmetric_inference_pairs)
 from f3d_jax.infer.pairs import make_pairs, pairs_to_edges
-from f3d_jax.models.model import stereo_forward, symmetric_forward
+from f3d_jax.models.model import symmetric_forward
 
 from .conftest import fixture_images
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from f3d_jax.weights.errors import CheckpointError
+from f3d_jax.weights.errors import CheckpointError, read_file_head
 
 __all__ = ["HF_WEIGHT_PATTERNS", "read_hf_folder", "read_safetensors", "resolve_hf_repo"]
 
@@ -40,14 +40,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such file" if not path.exists() else "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(path, "the file is empty (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(9)
+    path, size, head = read_file_head(path, 9)
     if head.startswith(b"PK"):
         raise CheckpointError(path, "not a safetensors file: this is a zip archive (a torch .pth? use read_pth)")
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1

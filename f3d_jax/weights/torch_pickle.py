@@ -28,7 +28,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from f3d_jax.weights.errors import CheckpointError
+from f3d_jax.weights.errors import CheckpointError, read_file_head
 
 __all__ = ["Namespace", "read_pth"]
 
@@ -336,14 +336,7 @@ def read_pth(path: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: the file is missing, empty, truncated, not a torch zip, its pickle names a
             global outside the allow-list (nothing is executed), or a data record is missing/short.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such file" if not path.exists() else "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(path, "the file is empty (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(64)
+    path, size, head = read_file_head(path, 64)
     if not head.startswith(b"PK"):
         what = _sniff(head)
         raise CheckpointError(

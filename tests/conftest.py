@@ -29,6 +29,17 @@ from collections.abc import Callable  # noqa: E402
 import pytest  # noqa: E402
 
 FIXTURES = Path(os.environ.get("F3D_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
+# every released network checkpoint (the names of ../shared/fixtures/networks/manifests, retrieval excluded)
+RELEASED_NETWORKS = (
+    "CroCo",
+    "CroCo_V2_ViTBase_SmallDecoder",
+    "CroCo_V2_ViTBase_BaseDecoder",
+    "CroCo_V2_ViTLarge_BaseDecoder",
+    "DUSt3R_ViTLarge_BaseDecoder_224_linear",
+    "DUSt3R_ViTLarge_BaseDecoder_512_linear",
+    "DUSt3R_ViTLarge_BaseDecoder_512_dpt",
+    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

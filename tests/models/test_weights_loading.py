@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import f3d_jax
-from conftest import fixture_path
+from conftest import RELEASED_NETWORKS, fixture_path
 from f3d_jax.models.config import DUSt3RConfig, config_from_official
 from f3d_jax.models.model import abstract_params
 from f3d_jax.weights.constructor import official_load_model_rewrite, parse_constructor
@@ -22,10 +22,7 @@ from f3d_jax.weights.errors import CheckpointError
 from f3d_jax.weights.registry import get_checkpoint_info, list_checkpoints
 from f3d_jax.weights.safetensors_io import read_hf_folder
 
-# every released network checkpoint (the retrieval model's manifest has no network state dict)
-MANIFESTS = ("CroCo", "CroCo_V2_ViTBase_SmallDecoder", "CroCo_V2_ViTBase_BaseDecoder", "CroCo_V2_ViTLarge_BaseDecoder",
-             "DUSt3R_ViTLarge_BaseDecoder_224_linear", "DUSt3R_ViTLarge_BaseDecoder_512_linear",
-             "DUSt3R_ViTLarge_BaseDecoder_512_dpt", "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric")
+MANIFESTS = RELEASED_NETWORKS
 
 
 @pytest.mark.parametrize("name", MANIFESTS)

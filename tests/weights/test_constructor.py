@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from conftest import fixture_path
+from conftest import RELEASED_NETWORKS, fixture_path
 from f3d_jax.weights.constructor import (
     CONSTRUCTOR_DEFAULTS,
     ConstructorError,
@@ -25,16 +25,7 @@ from f3d_jax.weights.torch_pickle import Namespace, read_pth
 
 from .conftest import MODEL_CASES
 
-MANIFESTS = (
-    "CroCo",
-    "CroCo_V2_ViTBase_SmallDecoder",
-    "CroCo_V2_ViTBase_BaseDecoder",
-    "CroCo_V2_ViTLarge_BaseDecoder",
-    "DUSt3R_ViTLarge_BaseDecoder_224_linear",
-    "DUSt3R_ViTLarge_BaseDecoder_512_linear",
-    "DUSt3R_ViTLarge_BaseDecoder_512_dpt",
-    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
-)
+MANIFESTS = RELEASED_NETWORKS
 
 
 def _strings(source: dict) -> tuple[str, str]:

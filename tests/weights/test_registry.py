@@ -7,22 +7,12 @@ import json
 
 import pytest
 
-from conftest import fixture_path
+from conftest import RELEASED_NETWORKS, fixture_path
 from f3d_jax.weights.constructor import format_constructor, hf_config_constructor, with_defaults
 from f3d_jax.weights.errors import CheckpointError
 from f3d_jax.weights.registry import CheckpointInfo, get_checkpoint_info, list_checkpoints
 
-RELEASED = (
-    "CroCo",
-    "CroCo_V2_ViTBase_SmallDecoder",
-    "CroCo_V2_ViTBase_BaseDecoder",
-    "CroCo_V2_ViTLarge_BaseDecoder",
-    "DUSt3R_ViTLarge_BaseDecoder_224_linear",
-    "DUSt3R_ViTLarge_BaseDecoder_512_linear",
-    "DUSt3R_ViTLarge_BaseDecoder_512_dpt",
-    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
-    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_trainingfree",
-)
+RELEASED = (*RELEASED_NETWORKS, "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_trainingfree")
 
 
 def test_every_release_listed():

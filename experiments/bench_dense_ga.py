@@ -231,7 +231,7 @@ def memory_analysis(n: int, H: int, W: int, niter: int, storage: str) -> dict:
     E = n * (n - 1)
     sds = jax.ShapeDtypeStruct
     pdt = jnp.bfloat16 if storage == "bfloat16" else jnp.float32
-    shapes = dict(pred_i=((E, H, W, 3), pdt), pred_j=((E, H, W, 3), pdt), conf_i=((E, H, W), jnp.float32),
+    shapes = dict(pred_i=((E, 3, H, W), pdt), pred_j=((E, 3, H, W), pdt), conf_i=((E, H, W), jnp.float32),
                   conf_j=((E, H, W), jnp.float32), ei=((E,), jnp.int32), ej=((E,), jnp.int32),
                   ignore=((n, H, W), jnp.bool_), edge_weights=((E,), jnp.float32),
                   preset_cam2world=((n, 4, 4), jnp.float32), pose_known=((n,), jnp.bool_),

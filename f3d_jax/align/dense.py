@@ -114,8 +114,9 @@ class DenseProblem:
     """Array inputs of the dense GA core (all images the same size H x W).
 
     Attributes:
-      pred_i: (E, H, W, 3) pred1 'pts3d' (image i in camera i's frame); float32 or bfloat16.
-      pred_j: (E, H, W, 3) pred2 'pts3d_in_other_view' (image j in camera i's frame).
+      pred_i: (E, 3, H, W) pred1 'pts3d' (image i in camera i's frame), **planar** (the x, y, z planes of the
+        official NHWC arrays: `to_planar`, or build the problem with `make_problem`); float32 or bfloat16.
+      pred_j: (E, 3, H, W) pred2 'pts3d_in_other_view' (image j in camera i's frame), planar.
       conf_i, conf_j: (E, H, W) float32 confidences (> 0 for conf='log').
       ei, ej: (E,) int32 image indices (i, j) of each edge.
       ignore: (N, H, W) bool, user mask of pixels to ignore (dynamic objects, sky...): their weight is 0.
@@ -155,7 +156,8 @@ class DenseConfig:
       optimize_pp: optimise principal points (official default False).
       min_conf_thr: only defines `Scene.masks` (not used by the loss, as officially).
       storage_dtype: 'float32' or 'bfloat16' storage of the predictions/confidences (math stays float32).
-      chunk_pixels: edge-pixels the loss processes at once (whole edges): bounds the loop's temporaries.
+      chunk_pixels: edge-pixels per block of the loss (C edges x T pixels, `losses.block_plan`): bounds the
+        loop's temporaries and keeps each block in cache.
       b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
     """
 
@@ -288,9 +290,9 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
         pin_translation=pin,
     )
 
-    # (E, HW, 3) views of the stored predictions (a reshape: no copy unless a storage cast is asked for)
-    pred_i = problem.pred_i.reshape(E, HW, 3)
-    pred_j = problem.pred_j.reshape(E, HW, 3)
+    # (E, 3, HW) views of the stored planar predictions (a reshape: no copy unless a storage cast is asked for)
+    pred_i = problem.pred_i.reshape(E, 3, HW)
+    pred_j = problem.pred_j.reshape(E, 3, HW)
     if pred_i.dtype != sdt and c.storage_dtype == "bfloat16":
         pred_i, pred_j = pred_i.astype(sdt), pred_j.astype(sdt)
     keep = 1.0 - problem.ignore.reshape(N, HW).astype(f32)
@@ -309,15 +311,11 @@ def align_dense(problem: DenseProblem, init: AlignState, config: DenseConfig) ->
         s_pw = jnp.exp(sig)
         if c.norm_pw_scale:
             s_pw = s_pw * jnp.exp(jnp.log(c.base_scale) - jnp.mean(sig))
-        rays = jnp.stack(
-            [
-                (u[None] - pp[:, 0:1]) / focals[:, None],
-                (v[None] - pp[:, 1:2]) / focals[:, None],
-                jnp.ones((N, HW), f32),
-            ],
+        # (N, 3, HW) camera-frame points, plane by plane (the gradient then needs no reduction over the 3 axis)
+        cam_pts = jnp.stack(
+            [depth * (u[None] - pp[:, 0:1]) / focals[:, None], depth * (v[None] - pp[:, 1:2]) / focals[:, None], depth],
             axis=1,
         )
-        cam_pts = depth[:, None, :] * rays  # (N, 3, HW)
         return dict(R_im=R_im, T_im=T_im, R_pw=R_pw, T_pw=T_pw, s_pw=s_pw, focals=focals, pp=pp, depth=depth,
                     cam_pts=cam_pts)
 
@@ -725,7 +723,7 @@ def global_align(
         state = state_from(res, n, E, (H, W))
 
     problem = DenseProblem(
-        pred_i=jnp.asarray(data["pred_i"]), pred_j=jnp.asarray(data["pred_j"]),
+        pred_i=to_planar(data["pred_i"]), pred_j=to_planar(data["pred_j"]),
         conf_i=jnp.asarray(data["conf_i"]), conf_j=jnp.asarray(data["conf_j"]),
         ei=jnp.asarray(edges[:, 0]), ej=jnp.asarray(edges[:, 1]),
         ignore=jnp.asarray(ignore), edge_weights=jnp.asarray(ew),
@@ -748,6 +746,28 @@ def _check_finite(scene: Scene) -> None:
         )
 
 
+def to_planar(pts: Any) -> jax.Array:
+    """(E, H, W, 3) pointmaps -> (E, 3, H, W) planar device array (the `DenseProblem` layout).
+
+    A jax array is transposed with jnp (gradients flow back to the NHWC array). NumPy input is transposed on
+    the host a few edges at a time into one 64-byte aligned buffer that the CPU device then uses in place
+    (`may_alias`): the planar copy costs what the plain device copy of the NHWC array would, no more.
+    """
+    if isinstance(pts, jax.Array):
+        return jnp.moveaxis(pts, -1, 1)
+    pts = np.asarray(pts)
+    E = pts.shape[0]
+    shape = (E, pts.shape[-1]) + pts.shape[1:-1]
+    nbytes = int(np.prod(shape)) * pts.dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    out = raw[off:off + nbytes].view(pts.dtype).reshape(shape)
+    step = max(1, (1 << 24) // max(1, nbytes // max(E, 1)))  # ~16 MB of edges per copy
+    for e in range(0, E, step):
+        np.copyto(out[e:e + step], np.moveaxis(pts[e:e + step], -1, 1))
+    return jax.device_put(out, may_alias=True)
+
+
 def make_problem(
     edges: np.ndarray,
     pred_i: Any,
@@ -758,12 +778,15 @@ def make_problem(
     ignore: Any = None,
     edge_weights: Any = None,
 ) -> DenseProblem:
-    """`DenseProblem` with no presets from raw arrays (a convenience for the pure core / vmap / grad use)."""
+    """`DenseProblem` with no presets from raw arrays (a convenience for the pure core / vmap / grad use).
+
+    pred_i, pred_j: (E, H, W, 3) as `inference` returns them (converted to the planar layout here).
+    """
     edges = np.asarray(edges)
     n = int(edges.max()) + 1
     E, H, W = np.shape(conf_i)
     return DenseProblem(
-        pred_i=jnp.asarray(pred_i), pred_j=jnp.asarray(pred_j), conf_i=jnp.asarray(conf_i), conf_j=jnp.asarray(conf_j),
+        pred_i=to_planar(pred_i), pred_j=to_planar(pred_j), conf_i=jnp.asarray(conf_i), conf_j=jnp.asarray(conf_j),
         ei=jnp.asarray(edges[:, 0], jnp.int32), ej=jnp.asarray(edges[:, 1], jnp.int32),
         ignore=jnp.zeros((n, H, W), bool) if ignore is None else jnp.asarray(ignore, bool),
         edge_weights=jnp.ones((E,), jnp.float32) if edge_weights is None else jnp.asarray(edge_weights, jnp.float32),
@@ -775,6 +798,6 @@ def make_problem(
 
 __all__ = [
     "AlignState", "DenseConfig", "DenseProblem", "Scene", "align_dense", "align_dense_jit", "check_graph",
-    "global_align", "make_problem", "parse_output", "state_from",
+    "global_align", "make_problem", "parse_output", "state_from", "to_planar",
 ]
 

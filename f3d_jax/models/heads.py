@@ -141,7 +141,8 @@ class ResidualConvUnit(nnx.Module):
 
 
 class FusionBlock(nnx.Module):
-    """`FeatureFusionBlock_custom` without batch norm: (a [+ RCU1(b)]) -> RCU2 -> bilinear x2 -> 1x1 conv."""
+    """`FeatureFusionBlock_custom` without batch norm: (a [+ RCU1(b)]) -> RCU2 -> bilinear x2 -> 1x1 conv
+    (computed as 1x1 conv -> bilinear x2: the same linear map, 4x cheaper)."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.out_conv = Conv(dim, dim, 1, rngs=rngs)
@@ -151,8 +152,10 @@ class FusionBlock(nnx.Module):
     def __call__(self, a: jax.Array, b: jax.Array | None = None) -> jax.Array:
         out = a if b is None else a + self.resConfUnit1(b)
         out = self.resConfUnit2(out)
-        out = resize_bilinear_align_corners(out, 2 * out.shape[1], 2 * out.shape[2])
-        return self.out_conv(out)
+        # the official order is resize then 1x1 conv; both are linear and the bilinear weights sum to 1 (the
+        # bias passes through), so convolving first is the same map at a quarter of the conv's cost
+        out = self.out_conv(out)
+        return resize_bilinear_align_corners(out, 2 * out.shape[1], 2 * out.shape[2])
 
 
 class Scratch(nnx.Module):

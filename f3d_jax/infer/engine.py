@@ -166,12 +166,13 @@ def _encode_step(config: DUSt3RConfig, impl: str | None, mesh: jax.sharding.Mesh
 
 @functools.lru_cache(maxsize=64)
 def _decode_step(config: DUSt3RConfig, impl: str | None, mesh: jax.sharding.Mesh, hw1: tuple[int, int],
-                 hw2: tuple[int, int]) -> Callable:
+                 hw2: tuple[int, int], pairs_per_step: int | None = None) -> Callable:
     """jit: gather a pair batch's features from the stores, run both decoders and heads."""
 
     def step(params, sf1, sp1, sf2, sp2, i1, i2, ts1, ts2):
         TRACE_COUNTS["decode"] += 1
-        return decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl)
+        return decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl,
+                            pairs_per_step)
 
     return jax.jit(step, out_shardings=NamedSharding(mesh, P("data")))
 
@@ -229,6 +230,12 @@ class _Store:
     pos: jax.Array  # (C, N, 2) int32 replicated
 
 
+# On CPU, pairs with at least this many tokens (both views) are decoded one per device at a time (measured on
+# a 2-core EPYC: 512x384 DPT pairs (1536 tokens) 1.1-1.3x faster than in a batch of 4; 224x224 pairs (392)
+# as fast or faster batched).
+CPU_PAIR_TOKENS = 1024
+
+
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -245,17 +252,23 @@ class InferenceEngine:
         None for XLA).
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
+      pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
+        multiple of the device count; `decode_pairs`). None (default) picks: on CPU, one pair per device
+        for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose decoder and DPT activations
+        then stay in cache (1.1x to 1.3x faster); the whole batch otherwise.
     """
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,
-                 devices: Sequence[jax.Device] | None = None, encoder_batch_size: int | None = None):
+                 devices: Sequence[jax.Device] | None = None, encoder_batch_size: int | None = None,
+                 pairs_per_step: int | None = None):
         if not isinstance(model, Model) or not isinstance(model.config, DUSt3RConfig):
             raise TypeError(f"inference needs a DUSt3R / MASt3R f3d_jax Model, got {type(model).__name__}"
                             + (f" with config {type(model.config).__name__}" if isinstance(model, Model) else ""))
         if isinstance(batch_size, str):
             raise TypeError(f"batch_size must be an int, got {batch_size!r} (f3d_jax.inference has no `device` "
                             "argument: pass devices=[...] to choose devices)")
-        for name, v in (("batch_size", batch_size), ("encoder_batch_size", encoder_batch_size)):
+        for name, v in (("batch_size", batch_size), ("encoder_batch_size", encoder_batch_size),
+                        ("pairs_per_step", pairs_per_step)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.model = model
@@ -264,6 +277,10 @@ class InferenceEngine:
         self.n_devices = self.mesh.devices.size
         self.batch_size = _round_up(int(batch_size), self.n_devices)
         self.encoder_batch_size = _round_up(int(encoder_batch_size or batch_size), self.n_devices)
+        if pairs_per_step is not None and pairs_per_step % self.n_devices:
+            raise ValueError(f"pairs_per_step ({pairs_per_step}) must be a multiple of the device count "
+                             f"({self.n_devices})")
+        self.pairs_per_step = pairs_per_step
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.attention_impl = attention_impl
         self.params = _prepare_params(model.params, self.dtype, self.mesh)
@@ -324,6 +341,13 @@ class InferenceEngine:
 
     # -- decoder -----------------------------------------------------------------------------
 
+    def _pairs_per_step(self, hw1: tuple[int, int], hw2: tuple[int, int]) -> int | None:
+        if self.pairs_per_step is not None:
+            return self.pairs_per_step
+        tokens = (hw1[0] * hw1[1] + hw2[0] * hw2[1]) // self.config.patch_size**2
+        on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
+        return self.n_devices if on_cpu and tokens >= CPU_PAIR_TOKENS else None
+
     def iter_batches(self, pairs: Sequence[Pair], verbose: bool = False) -> Iterator[tuple[list[int], tuple]]:
         """Encode every distinct image once, then yield decoded pair batches as they are dispatched.
 
@@ -352,7 +376,7 @@ class InferenceEngine:
         bs = self.batch_size
         bar = _progress(len(pairs), "decode", "pair", verbose)
         for (hw1, hw2), members in buckets.items():
-            step = _decode_step(self.config, self.attention_impl, self.mesh, hw1, hw2)
+            step = _decode_step(self.config, self.attention_impl, self.mesh, hw1, hw2, self._pairs_per_step(hw1, hw2))
             s1, s2 = stores[hw1], stores[hw2]
             for start in range(0, len(members), bs):
                 chunk = members[start:start + bs]

@@ -12,7 +12,7 @@ Views follow the official vocabulary: `{'img': (B, H, W, 3) float32 in [-1, 1] (
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -121,22 +121,52 @@ def encode_images(config: DUSt3RConfig, params: Mapping, img: jax.Array, true_sh
     return model.encode(img.astype(_dtype(params)), true_shape, impl=impl)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "hw1", "hw2", "impl"))
+def in_steps(fn: Callable, args: tuple, per_step: int | None) -> Any:
+    """`fn(*args)` over the leading (batch) axis in sequential steps of `per_step` entries (`lax.map`).
+
+    Step i takes entries {i, i + S, i + 2S, ...} (S = number of steps), so a batch axis sharded in blocks
+    over D devices (D dividing `per_step`) stays sharded: each step holds per_step / D entries per device.
+    Used on CPU, where a 512x384 pair's decoder and DPT activations fit the caches one pair at a time and
+    a whole batch does not. `None`, or a `per_step` that does not divide the batch, is one step.
+    """
+    b = jax.tree.leaves(args)[0].shape[0]
+    if per_step is None or per_step >= b or b % per_step:
+        return fn(*args)
+    steps = b // per_step
+
+    def split(a):  # (B, ...) -> (S, per_step, ...): entry j*S + i -> [i, j]
+        return jnp.swapaxes(a.reshape((per_step, steps) + a.shape[1:]), 0, 1)
+
+    def merge(a):
+        return jnp.swapaxes(a, 0, 1).reshape((b,) + a.shape[2:])
+
+    out = jax.lax.map(lambda xs: fn(*xs), jax.tree.map(split, args))
+    return jax.tree.map(merge, out)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "hw1", "hw2", "impl", "pairs_per_step"))
 def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: jax.Array, feat2: jax.Array,
                  pos2: jax.Array, hw1: tuple[int, int], hw2: tuple[int, int],
                  true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                 impl: str | None = None):
+                 impl: str | None = None, pairs_per_step: int | None = None):
     """Decoders + heads on pre-computed encodings (the encoder-cache path of pair inference).
+
+    `pairs_per_step` runs the batch in sequential steps of that many pairs (see `in_steps`); the result
+    is the same.
 
     Returns:
       (pred1, pred2) exactly as `stereo_forward`.
     """
     model = _module(config, params)
-    d1, d2 = model.decode(feat1, pos1, feat2, pos2, impl=impl)
-    res1 = model.head(1, d1, hw1, true_shape1)
-    res2 = model.head(2, d2, hw2, true_shape2)
-    res2["pts3d_in_other_view"] = res2.pop("pts3d")
-    return res1, res2
+
+    def run(f1, p1, f2, p2, ts1, ts2):
+        d1, d2 = model.decode(f1, p1, f2, p2, impl=impl)
+        res1 = model.head(1, d1, hw1, ts1)
+        res2 = model.head(2, d2, hw2, ts2)
+        res2["pts3d_in_other_view"] = res2.pop("pts3d")
+        return res1, res2
+
+    return in_steps(run, (feat1, pos1, feat2, pos2, true_shape1, true_shape2), pairs_per_step)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "impl"))

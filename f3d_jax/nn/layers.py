@@ -186,17 +186,26 @@ def pixel_shuffle(feat: jax.Array, p: int) -> jax.Array:
     return feat.reshape(b, h, w, c, p, p).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * p, w * p, c)
 
 
-def _lerp_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
-    """Linear interpolation along one axis with align_corners=True sample positions."""
-    n_in = x.shape[axis]
+def _lerp_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """align_corners=True linear-interpolation taps from n_in to n_out samples: out[i] = x[i0]*(1-lam) + x[i1]*lam."""
     src = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1) if n_out > 1 and n_in > 1 else 0.0)
     src = src.astype(np.float32)  # torch computes the source coordinate in float32
     i0 = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = (src - i0.astype(np.float32)).astype(np.float32)
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    lam = jnp.asarray(lam.reshape(shape), x.dtype)
+    return i0, i1, lam
+
+
+def _expand(v: np.ndarray, axis: int, ndim: int, dtype) -> jax.Array:
+    shape = [1] * ndim
+    shape[axis] = v.shape[0]
+    return jnp.asarray(v.reshape(shape), dtype)
+
+
+def _lerp_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
+    """Linear interpolation along one axis with align_corners=True sample positions."""
+    i0, i1, lam = _lerp_taps(x.shape[axis], n_out)
+    lam = _expand(lam, axis, x.ndim, x.dtype)
     a, b = jnp.take(x, i0, axis=axis), jnp.take(x, i1, axis=axis)
     return a * (1 - lam) + b * lam
 
@@ -208,3 +217,57 @@ def resize_bilinear_align_corners(x: jax.Array, out_h: int, out_w: int) -> jax.A
     matmuls cost more than the rest of the DPT head's final stage on CPU).
     """
     return _lerp_axis(_lerp_axis(x, 2, out_w), 1, out_h)
+
+
+def _upsample_shift_sum(y: jax.Array, axis: int, n_out: int) -> jax.Array:
+    """sum_d shift_{d-1}(lerp_{n_out}(y[..., d, :])) along `axis`, with the 3 taps d on axis -2.
+
+    `lerp` is the align_corners=True linear interpolation of `_lerp_axis`; `shift_s(z)[i] = z[i + s]`, zero
+    outside [0, n_out) (a 3-tap convolution's zero padding, applied after the interpolation).
+    """
+    i0, i1, lam = _lerp_taps(y.shape[axis], n_out)
+    out = None
+    for d in range(3):
+        src = np.arange(n_out) + d - 1
+        inside = (src >= 0) & (src < n_out)
+        src = np.clip(src, 0, n_out - 1)
+        wa = np.where(inside, 1 - lam[src], 0).astype(np.float32)
+        wb = np.where(inside, lam[src], 0).astype(np.float32)
+        yd = y[..., d, :]
+        term = (jnp.take(yd, i0[src], axis=axis) * _expand(wa, axis, yd.ndim, y.dtype)
+                + jnp.take(yd, i1[src], axis=axis) * _expand(wb, axis, yd.ndim, y.dtype))
+        out = term if out is None else out + term
+    return out
+
+
+def conv3x3_of_upsampled(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None,
+                         pre_kernel: jax.Array | None = None, pre_bias: jax.Array | None = None) -> jax.Array:
+    """`conv3x3(resize_bilinear_align_corners(pre(x), 2h, 2w), kernel, padding=1) + bias` at low-resolution cost.
+
+    The interpolation acts on each channel and the convolution's channel mixing on each pixel, so they
+    commute: each of the 9 taps' channel maps runs on the (h, w) input, and the interpolation, the tap's
+    shift and the sum over taps follow, gathers on the small outputs. The same linear map as the official
+    resize -> conv (a DPT head's stage), in a quarter of the matmul FLOPs. An optional 1x1 `pre` conv
+    (kernel (C, Cp), bias (Cp,)) before the resize is folded into the taps.
+
+    Args:
+      x: (B, h, w, C) NHWC.
+      kernel: (3, 3, Cp, Co) HWIO; bias: (Co,) or None.
+    Returns:
+      (B, 2h, 2w, Co).
+    """
+    b, h, w, c = x.shape
+    co = kernel.shape[-1]
+    taps = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], 9 * co)  # (Cp, [dy, dx, o])
+    tap_bias = None
+    if pre_kernel is not None:
+        if pre_bias is not None:
+            tap_bias = pre_bias.astype(taps.dtype) @ taps
+        taps = pre_kernel.astype(taps.dtype) @ taps
+    y = jnp.einsum("bhwc,cn->bhwn", x, taps.astype(x.dtype))
+    if tap_bias is not None:
+        y = y + tap_bias.astype(y.dtype)
+    y = y.reshape(b, h, w, 3, 3, co)
+    y = _upsample_shift_sum(y, 2, 2 * w)  # over dx: (B, h, 2w, 3[dy], Co)
+    y = _upsample_shift_sum(y, 1, 2 * h)  # over dy: (B, 2h, 2w, Co)
+    return y if bias is None else y + bias.astype(y.dtype)

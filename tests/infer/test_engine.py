@@ -205,6 +205,32 @@ def test_sharded_over_8_devices_equals_single_device(fixture_model):
         assert_close(v, single["pred2"][n], n)
 
 
+def test_decoding_in_sequential_steps_stays_sharded_and_equal(fixture_model, monkeypatch):
+    """The CPU large-pair path (one pair per device per sub-step, `lax.map`) on 8 devices: outputs sharded on
+    'data', equal to the one-step single-device result, DPT head included."""
+    model = fixture_model("dust3r_dpt")
+    pairs = make_pairs(_four_images("dust3r_dpt"), "complete", symmetrize=True)
+    hw = tuple(int(v) for v in pairs[0][0]["img"].shape[1:3])
+    monkeypatch.setattr(engine_mod, "CPU_PAIR_TOKENS", 1)  # tiny images take the large-pair path
+    eng = InferenceEngine(model, 16)
+    assert eng._pairs_per_step(hw, hw) == 8  # 2 sequential sub-steps of 8 pairs, one per device
+    rows: dict[int, dict] = {}
+    for idx, (pred1, pred2) in eng.iter_batches(pairs):
+        for leaf in jax.tree.leaves((pred1, pred2)):
+            assert leaf.shape[0] == 16 and leaf.sharding.spec == P("data")
+        host = jax.device_get(pred2)
+        for r, k in enumerate(idx):
+            rows[k] = {n: v[r] for n, v in host.items()}
+    assert sorted(rows) == list(range(12))
+    one = InferenceEngine(model, 4, devices=ONE, pairs_per_step=4)  # one step
+    single = one(pairs)
+    for k in range(12):
+        for n, v in rows[k].items():
+            assert_close(v, single["pred2"][n][k], f"pair {k} {n}")
+    with pytest.raises(ValueError, match="multiple of the device count"):
+        InferenceEngine(model, 16, pairs_per_step=4)
+
+
 # ---------------------------------------------------------------------------------------------
 # layouts
 

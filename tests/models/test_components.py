@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import fixture_path
 from f3d_jax.models.heads import postprocess, postprocess_mast3r, transpose_to_landscape
-from f3d_jax.nn.layers import LN_EPS, pixel_shuffle, resize_bilinear_align_corners
+from f3d_jax.nn.layers import LN_EPS, conv3x3_of_upsampled, pixel_shuffle, resize_bilinear_align_corners
 from f3d_jax.nn.pos_embed import sincos_2d
 from f3d_jax.nn.rope import position_grid, rope2d
 
@@ -122,3 +122,25 @@ def test_bilinear_align_corners_brute_force():
         ref[0, oy, ox] = ((1 - ly) * ((1 - lx) * x[0, y0, x0] + lx * x[0, y0, x1])
                           + ly * ((1 - lx) * x[0, y1, x0] + lx * x[0, y1, x1]))
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 4), (3, 5), (6, 6)])
+@pytest.mark.parametrize("with_pre", [False, True])
+def test_conv3x3_of_upsampled_is_resize_then_conv(h, w, with_pre):
+    """The DPT head's fused stage equals the official order (1x1 conv ->) bilinear x2 -> 3x3 conv, padding 1,
+    evaluated naively in float64 (borders, a single row / pixel included)."""
+    rng = np.random.default_rng(h * 10 + w)
+    x = rng.normal(size=(2, h, w, 5)).astype(np.float32)
+    k = rng.normal(size=(3, 3, 4, 3)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    pk, pb = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    z = x.astype(np.float64) @ pk + pb if with_pre else x[..., :4].astype(np.float64)
+    up = np.asarray(resize_bilinear_align_corners(jnp.asarray(z, jnp.float32), 2 * h, 2 * w), np.float64)
+    pad = np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = b + sum(pad[:, dy:dy + 2 * h, dx:dx + 2 * w] @ k[dy, dx] for dy in range(3) for dx in range(3))
+    if with_pre:
+        got = conv3x3_of_upsampled(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), jnp.asarray(pk), jnp.asarray(pb))
+    else:
+        got = conv3x3_of_upsampled(jnp.asarray(x[..., :4]), jnp.asarray(k), jnp.asarray(b))
+    assert got.shape == (2, 2 * h, 2 * w, 3)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max())

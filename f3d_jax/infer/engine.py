@@ -9,7 +9,8 @@ each (the ViT encoder twice per pair, once per pair on symmetrized same-size bat
    so the store shape, hence the compiled code, only changes when the number of images crosses a
    power of two);
 2. pairs are grouped by (view-1 shape, view-2 shape) bucket and decoded in batches of a fixed size
-   (the last one padded) that gather their features from the store inside the jitted step;
+   (the last one padded) that gather their features from the store inside the jitted step (on CPU,
+   a step runs large pairs one per device at a time, `lax.map`, so their activations stay in cache);
 3. everything runs on a 1-D `('data',)` mesh over the chosen devices: params and the feature store
    replicated, every image / pair batch split on its batch axis (the batch is rounded up to a
    multiple of the device count);
@@ -496,7 +497,7 @@ def _collate_preds(preds: Sequence[Mapping[str, np.ndarray]], lists: bool) -> di
 
 def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose: bool = True, *,
               dtype: Any = None, attention_impl: str | None = None, devices: Sequence[jax.Device] | None = None,
-              encoder_batch_size: int | None = None) -> dict[str, Any]:
+              encoder_batch_size: int | None = None, pairs_per_step: int | None = None) -> dict[str, Any]:
     """Pairwise predictions, the official `dust3r.inference.inference(pairs, model, device, batch_size)`.
 
     Each distinct image is encoded once; pairs are decoded in padded, fixed-size batches sharded
@@ -512,6 +513,7 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
       attention_impl: `jax.nn.dot_product_attention` implementation ('cudnn' on GPU).
       devices: devices of the 1-D data mesh (default: all of `jax.devices()`).
       encoder_batch_size: images per encoder step (default `batch_size`).
+      pairs_per_step: pairs decoded at a time within a step (`InferenceEngine`; default: automatic).
 
     Returns:
       `{'view1', 'view2', 'pred1', 'pred2'}` with numpy arrays on the host, in pair order. Batched
@@ -527,7 +529,7 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
       TypeError: not a DUSt3R/MASt3R model, or a device string passed as `batch_size`.
     """
     engine = InferenceEngine(model, batch_size, dtype=dtype, attention_impl=attention_impl, devices=devices,
-                             encoder_batch_size=encoder_batch_size)
+                             encoder_batch_size=encoder_batch_size, pairs_per_step=pairs_per_step)
     return engine(pairs, verbose)
 
 

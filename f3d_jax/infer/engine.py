@@ -254,7 +254,7 @@ class InferenceEngine:
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
-        multiple of the device count; `decode_pairs`). None (default) picks: on CPU, one pair per device
+        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on CPU, one pair per device
         for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose decoder and DPT activations
         then stay in cache (1.1x to 1.3x faster); the whole batch otherwise.
     """
@@ -278,9 +278,9 @@ class InferenceEngine:
         self.n_devices = self.mesh.devices.size
         self.batch_size = _round_up(int(batch_size), self.n_devices)
         self.encoder_batch_size = _round_up(int(encoder_batch_size or batch_size), self.n_devices)
-        if pairs_per_step is not None and pairs_per_step % self.n_devices:
+        if pairs_per_step is not None and (pairs_per_step % self.n_devices or self.batch_size % pairs_per_step):
             raise ValueError(f"pairs_per_step ({pairs_per_step}) must be a multiple of the device count "
-                             f"({self.n_devices})")
+                             f"({self.n_devices}) that divides the batch size ({self.batch_size})")
         self.pairs_per_step = pairs_per_step
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.attention_impl = attention_impl

@@ -256,7 +256,7 @@ def conv3x3_of_upsampled(x: jax.Array, kernel: jax.Array, bias: jax.Array | None
     Returns:
       (B, 2h, 2w, Co).
     """
-    b, h, w, c = x.shape
+    b, h, w, _ = x.shape
     co = kernel.shape[-1]
     taps = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], 9 * co)  # (Cp, [dy, dx, o])
     tap_bias = None

@@ -227,8 +227,9 @@ def test_decoding_in_sequential_steps_stays_sharded_and_equal(fixture_model, mon
     for k in range(12):
         for n, v in rows[k].items():
             assert_close(v, single["pred2"][n][k], f"pair {k} {n}")
-    with pytest.raises(ValueError, match="multiple of the device count"):
-        InferenceEngine(model, 16, pairs_per_step=4)
+    for bad in (4, 24):  # not a multiple of 8 devices; does not divide the batch of 16
+        with pytest.raises(ValueError, match="multiple of the device count"):
+            InferenceEngine(model, 16, pairs_per_step=bad)
 
 
 # ---------------------------------------------------------------------------------------------

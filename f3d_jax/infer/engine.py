@@ -232,7 +232,7 @@ class _Store:
 
 
 # On CPU, pairs with at least this many tokens (both views) are decoded one per device at a time (measured on
-# a 2-core EPYC: 512x384 DPT pairs (1536 tokens) 1.1-1.3x faster than in a batch of 4; 224x224 pairs (392)
+# a 2-core EPYC: 512x384 DPT pairs (1536 tokens) 1.1-1.2x faster than in a batch of 4; 224x224 pairs (392)
 # as fast or faster batched).
 CPU_PAIR_TOKENS = 1024
 
@@ -256,7 +256,7 @@ class InferenceEngine:
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
         multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on CPU, one pair per device
         for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose decoder and DPT activations
-        then stay in cache (1.1x to 1.3x faster); the whole batch otherwise.
+        then stay in cache (1.1x to 1.2x faster); the whole batch otherwise.
     """
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,

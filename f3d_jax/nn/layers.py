@@ -196,18 +196,18 @@ def _lerp_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return i0, i1, lam
 
 
-def _expand(v: np.ndarray, axis: int, ndim: int, dtype) -> jax.Array:
-    shape = [1] * ndim
-    shape[axis] = v.shape[0]
-    return jnp.asarray(v.reshape(shape), dtype)
+def _gather_lerp(x: jax.Array, axis: int, i0: np.ndarray, i1: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> jax.Array:
+    """out[i] = x[i0[i]] * wa[i] + x[i1[i]] * wb[i] along `axis` (constant indices and weights)."""
+    shape = [1] * x.ndim
+    shape[axis] = len(i0)
+    wa, wb = (jnp.asarray(np.asarray(v, np.float32).reshape(shape), x.dtype) for v in (wa, wb))
+    return jnp.take(x, i0, axis=axis) * wa + jnp.take(x, i1, axis=axis) * wb
 
 
 def _lerp_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
     """Linear interpolation along one axis with align_corners=True sample positions."""
     i0, i1, lam = _lerp_taps(x.shape[axis], n_out)
-    lam = _expand(lam, axis, x.ndim, x.dtype)
-    a, b = jnp.take(x, i0, axis=axis), jnp.take(x, i1, axis=axis)
-    return a * (1 - lam) + b * lam
+    return _gather_lerp(x, axis, i0, i1, 1 - lam, lam)
 
 
 def resize_bilinear_align_corners(x: jax.Array, out_h: int, out_w: int) -> jax.Array:
@@ -231,11 +231,8 @@ def _upsample_shift_sum(y: jax.Array, axis: int, n_out: int) -> jax.Array:
         src = np.arange(n_out) + d - 1
         inside = (src >= 0) & (src < n_out)
         src = np.clip(src, 0, n_out - 1)
-        wa = np.where(inside, 1 - lam[src], 0).astype(np.float32)
-        wb = np.where(inside, lam[src], 0).astype(np.float32)
-        yd = y[..., d, :]
-        term = (jnp.take(yd, i0[src], axis=axis) * _expand(wa, axis, yd.ndim, y.dtype)
-                + jnp.take(yd, i1[src], axis=axis) * _expand(wb, axis, yd.ndim, y.dtype))
+        term = _gather_lerp(y[..., d, :], axis, i0[src], i1[src], np.where(inside, 1 - lam[src], 0),
+                            np.where(inside, lam[src], 0))
         out = term if out is None else out + term
     return out
 

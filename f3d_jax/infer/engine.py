@@ -47,7 +47,7 @@ from f3d_jax.infer.views import DistinctImage, Pair, PairInputError, View, check
 from f3d_jax.models.config import DUSt3RConfig
 from f3d_jax.models.model import Model, encode_images
 
-# Names defined in the split-out modules, importable from here as before.
+# The public names of the engine, with those now defined in views / steps / collate (importable from here as before).
 __all__ = ["CPU_PAIR_TOKENS", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
            "collate_preds", "collate_views", "inference", "make_mesh", "same_size", "symmetric_inference",
            "symmetric_inference_pairs"]

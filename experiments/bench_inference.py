@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common  # noqa: E402
 
 from f3d_jax.infer import engine as E  # noqa: E402
+from f3d_jax.infer import steps as S  # noqa: E402
 from f3d_jax.infer.pairs import make_pairs  # noqa: E402
 from f3d_jax.models.config import DUSt3RConfig  # noqa: E402
 from f3d_jax.models.model import Model, abstract_params  # noqa: E402
@@ -122,16 +123,15 @@ def aot_compile(eng: E.InferenceEngine, hw: tuple[int, int], n: int) -> tuple[fl
     sf, sp = eng.empty_store(hw, n)
     img = jax.device_put(np.zeros((be, *hw, 3), np.float32), eng._data)
     ts = jax.device_put(np.tile(np.array(hw, np.int32), (be, 1)), eng._data)
-    enc = E._encode_step(eng.config, eng.attention_impl, eng.mesh).lower(eng.params, sf, sp, img, ts,
-                                                                          np.int32(0)).compile()
+    static = dict(config=eng.config, impl=eng.attention_impl, mesh=eng.mesh)
+    enc = S.encode_step.lower(eng.params, sf, sp, img, ts, np.int32(0), **static).compile()
     idx = jax.device_put(np.zeros(bs, np.int32), eng._data)
     tsb = jax.device_put(np.tile(np.array(hw, np.int32), (bs, 1)), eng._data)
     args = (eng.params, sf, sp, sf, sp, idx, idx, tsb, tsb)
-    E._decode_step(eng.config, eng.attention_impl, eng.mesh, hw, hw, eng._pairs_per_step(hw, hw)).lower(
-        *args).compile()
+    S.decode_step.lower(*args, **static, hw1=hw, hw2=hw, pairs_per_step=eng._pairs_per_step(hw, hw)).compile()
     seconds = time.perf_counter() - t0
     # XLA counts a loop body once: count the flops on the unstepped batch (lowered, not compiled)
-    dec = E._decode_step(eng.config, eng.attention_impl, eng.mesh, hw, hw, None).lower(*args)
+    dec = S.decode_step.lower(*args, **static, hw1=hw, hw2=hw, pairs_per_step=None)
     return seconds, _flops(enc), _flops(dec)
 
 

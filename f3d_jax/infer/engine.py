@@ -4,10 +4,10 @@ and mast3r/cloud_opt/sparse_ga.py:symmetric_inference.
 The official `inference` concatenates consecutive pairs into batches and runs the whole network on
 each (the ViT encoder twice per pair, once per pair on symmetrized same-size batches). Here:
 
-1. every distinct image is encoded once, in padded batches of a fixed size, into a per-shape
-   feature store kept on the devices (capacity padded to a power of two number of encoder batches,
-   so the store shape, hence the compiled code, only changes when the number of images crosses a
-   power of two);
+1. every distinct image (`f3d_jax.infer.views`: identity is the pixels) is encoded once, in padded
+   batches of a fixed size, into a per-shape feature store kept on the devices (capacity padded to a
+   power of two number of encoder batches, so the store shape, hence the compiled code, only changes
+   when the number of images crosses a power of two);
 2. pairs are grouped by (view-1 shape, view-2 shape) bucket and decoded in batches of a fixed size
    (the last one padded) that gather their features from the store inside the jitted step (on CPU,
    a step runs large pairs one per device at a time, `lax.map`, so their activations stay in cache);
@@ -17,193 +17,40 @@ each (the ViT encoder twice per pair, once per pair on symmetrized same-size bat
 4. each decoded batch is moved to the host (numpy) as soon as the next one is dispatched, so the
    device never holds more than two batches of pointmaps.
 
-Image identity (the encoder-cache key): two views are the same image when their pixels
-(`img`, as float32) and `true_shape` are equal, byte for byte (a 128-bit BLAKE2 digest, computed
-once per distinct array object in a call). `idx` / `instance` are not trusted: two loads of
-different scenes both number their images 0..N-1.
+State: an `InferenceEngine` prepares (casts, replicates) the model's params once, when it is built,
+and owns that copy; nothing is kept at module level but JAX's cache of compiled steps
+(`f3d_jax.infer.steps`). `inference()` builds a fresh engine per call, so it always runs the model's
+current weights (in-place edits included); to reuse the prepared params across calls, keep an engine.
 
-Output layout (exactly the official one, `dust3r.utils.device.collate_with_cat`):
-
-* 'batched' when every view 1 has one shape and every view 2 has one shape: `view{1,2}` hold
-  `img (P, H, W, 3)` float32 (NHWC; official NCHW), `true_shape (P, 2)` int32, `idx` and
-  `instance` as flat lists, any other key of the image dicts collated the same way; `pred{1,2}`
-  hold `(P, H, W, ...)` float32 numpy arrays in pair order.
-* 'per-pair lists' otherwise (the official code then forces batch size 1 and collates with
-  `lists=True`): every array entry becomes a list of P arrays *without* the batch dimension
-  (`img[k] (H, W, 3)`, `true_shape[k] (2,)`, `pred1['pts3d'][k] (H, W, 3)`); `idx`/`instance`
-  stay flat lists. Here the batch size is *not* forced to 1: pairs are still batched within each
-  shape bucket; only the returned layout follows the official one.
-
-The official result also carries `loss: None`; it is left out.
+The output layout is exactly the official one (`f3d_jax.infer.collate`). Here the batch size is *not*
+forced to 1 for mixed image sizes: pairs are still batched within each shape bucket; only the
+returned layout follows the official one.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from f3d_jax.infer.collate import collate_preds, collate_views, inference_result, rename_view2, same_size
+from f3d_jax.infer.steps import (batch_sharded, cast_for_inference, decode_step, encode_step, make_mesh,
+                                 prepare_params, replicated)
+from f3d_jax.infer.views import DistinctImage, Pair, PairInputError, View, check_pairs, distinct_images
 from f3d_jax.models.config import DUSt3RConfig
-from f3d_jax.models.model import Model, decode_pairs, encode_images
+from f3d_jax.models.model import Model, encode_images
 
-# Number of times each jitted step has been traced (incremented at trace time only): a second
-# call with images of the same sizes must leave these unchanged.
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-View = dict[str, Any]
-Pair = tuple[View, View]
-
-
-class PairInputError(ValueError):
-    """A pair list that cannot be run (empty, not pairs of image dicts, bad image arrays)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# input validation
-
-
-@dataclasses.dataclass(frozen=True)
-class _Image:
-    """One distinct image of a call."""
-
-    key: tuple  # (H, W, digest)
-    img: np.ndarray  # (H, W, 3) float32
-    true_shape: np.ndarray  # (2,) int32
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        return self.img.shape[0], self.img.shape[1]
-
-
-def _image_of(view: Any, where: str, memo: dict[int, _Image]) -> _Image:
-    if not isinstance(view, Mapping):
-        raise PairInputError(f"{where} must be an image dict (as returned by load_images), got {type(view).__name__}")
-    if "img" not in view:
-        raise PairInputError(f"{where} has no 'img' entry (expected (1, H, W, 3) float32 in [-1, 1])")
-    raw = view["img"]
-    hit = memo.get(id(raw))
-    if hit is not None:
-        return hit
-    img = np.asarray(jax.device_get(raw))
-    if img.ndim != 4 or img.shape[0] != 1 or img.shape[-1] != 3:
-        hint = ""
-        if img.ndim == 4 and img.shape[1] == 3 and img.shape[-1] != 3:
-            hint = " (this looks like NCHW; f3d-jax images are NHWC)"
-        elif img.ndim == 4 and img.shape[-1] == 3:
-            hint = (" (one image per view: inference pairs single images as load_images returns them; "
-                    "a view of batch > 1 is not supported)")
-        elif img.ndim == 3:
-            hint = " (add the batch dimension: img[None])"
-        raise PairInputError(f"{where}['img'] must have shape (1, H, W, 3), got {tuple(img.shape)}{hint}")
-    if not np.issubdtype(img.dtype, np.floating):
-        raise PairInputError(f"{where}['img'] must be floating point in [-1, 1], got dtype {img.dtype}")
-    img = np.ascontiguousarray(img[0], dtype=np.float32)
-    ts = view.get("true_shape")
-    if ts is None:
-        ts = np.array(img.shape[:2], np.int32)
-    else:
-        ts = np.asarray(jax.device_get(ts))
-        if ts.size != 2:
-            raise PairInputError(f"{where}['true_shape'] must be (1, 2) (height, width), got shape {ts.shape}")
-        ts = ts.reshape(2).astype(np.int32)
-    digest = hashlib.blake2b(img.tobytes(), digest_size=16)
-    digest.update(ts.tobytes())
-    out = _Image((img.shape[0], img.shape[1], digest.hexdigest()), img, ts)
-    memo[id(raw)] = out
-    return out
-
-
-def _check_pairs(pairs: Any, fn: str) -> list[Pair]:
-    if isinstance(pairs, Mapping) or not isinstance(pairs, Sequence) or isinstance(pairs, str):
-        raise PairInputError(f"{fn}: pairs must be a list of (view1, view2) image-dict tuples "
-                             f"(see make_pairs), got {type(pairs).__name__}")
-    pairs = list(pairs)
-    if not pairs:
-        raise PairInputError(f"{fn}: empty pair list (make_pairs returns at least one pair per scene)")
-    for k, p in enumerate(pairs):
-        if not isinstance(p, (tuple, list)) or len(p) != 2:
-            raise PairInputError(f"{fn}: pair {k} must be a (view1, view2) tuple, got {type(p).__name__}"
-                                 + (f" of length {len(p)}" if isinstance(p, (tuple, list)) else ""))
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------------
-# jitted steps (one jit object per config / implementation / mesh / shapes: built once, reused)
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """1-D `('data',)` mesh over `devices` (default: every device)."""
-    devs = list(jax.devices() if devices is None else devices)
-    if not devs:
-        raise ValueError("inference: empty device list")
-    return jax.sharding.Mesh(np.array(devs), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-@functools.lru_cache(maxsize=64)
-def _encode_step(config: DUSt3RConfig, impl: str | None, mesh: jax.sharding.Mesh) -> Callable:
-    """jit: encode a batch and write it into the replicated store at `offset` (store donated)."""
-
-    def step(params, store_f, store_p, img, ts, offset):
-        TRACE_COUNTS["encode"] += 1
-        f, p = encode_images(config, params, img, ts, impl)
-        store_f = jax.lax.dynamic_update_slice(store_f, f.astype(store_f.dtype), (offset, 0, 0))
-        store_p = jax.lax.dynamic_update_slice(store_p, p.astype(store_p.dtype), (offset, 0, 0))
-        return store_f, store_p
-
-    rep = NamedSharding(mesh, P())
-    return jax.jit(step, out_shardings=(rep, rep), donate_argnums=(1, 2))
-
-
-@functools.lru_cache(maxsize=64)
-def _decode_step(config: DUSt3RConfig, impl: str | None, mesh: jax.sharding.Mesh, hw1: tuple[int, int],
-                 hw2: tuple[int, int], pairs_per_step: int | None = None) -> Callable:
-    """jit: gather a pair batch's features from the stores, run both decoders and heads."""
-
-    def step(params, sf1, sp1, sf2, sp2, i1, i2, ts1, ts2):
-        TRACE_COUNTS["decode"] += 1
-        return decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl,
-                            pairs_per_step)
-
-    return jax.jit(step, out_shardings=NamedSharding(mesh, P("data")))
-
-
-def cast_for_inference(params: Mapping, dtype: Any) -> dict:
-    """Mixed precision: floating params to `dtype`, except the two heads (the official heads run in
-    float32 under autocast, on float32 weights)."""
-    dtype = jnp.dtype(dtype)
-
-    def cast(path, a):
-        top = getattr(path[0], "key", None)
-        if str(top).startswith("downstream_head") or not jnp.issubdtype(a.dtype, jnp.floating):
-            return a
-        return a.astype(dtype)
-
-    return jax.tree_util.tree_map_with_path(cast, dict(params))
-
-
-_PREPARED: list[tuple[Any, Any, Any, Any]] = []  # [(params ref, dtype, mesh, prepared)], one entry
-
-
-def _prepare_params(params: Mapping, dtype: Any, mesh: jax.sharding.Mesh) -> dict:
-    """Cast and replicate the params over the mesh (cached for the last model used)."""
-    for ref, dt, m, prepared in _PREPARED:
-        if ref is params and dt == dtype and m == mesh:
-            return prepared
-    p = params if dtype is None else cast_for_inference(params, dtype)
-    prepared = jax.device_put(p, NamedSharding(mesh, P()))
-    _PREPARED[:] = [(params, dtype, mesh, prepared)]
-    return prepared
+# The public names of the engine, with those now defined in views / steps / collate (importable from here as before).
+__all__ = ["CPU_PAIR_TOKENS", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
+           "collate_preds", "collate_views", "inference", "make_mesh", "same_size", "symmetric_inference",
+           "symmetric_inference_pairs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +91,12 @@ def _round_up(n: int, m: int) -> int:
 class InferenceEngine:
     """Pair inference for one model on one device mesh.
 
+    The engine prepares the model's params when it is built (cast to `dtype`, replicated over the mesh)
+    and owns that copy (`self.params`) for its lifetime: keep the engine to run many pair lists without
+    preparing the params again, and drop it to free the copy. It runs the weights as they were when it
+    was built: after editing `model.params`, build a new engine (`inference()` always does). Compiled
+    steps are shared by every engine with the same config, settings, mesh and shapes.
+
     Args:
       model: a DUSt3R / MASt3R `Model`.
       batch_size: pairs per decoder step; rounded up to a multiple of the device count.
@@ -254,9 +107,9 @@ class InferenceEngine:
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
-        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on CPU, one pair per device
-        for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose decoder and DPT activations
-        then stay in cache (1.1x to 1.2x faster); the whole batch otherwise.
+        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on
+        CPU, one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose
+        decoder and DPT activations then stay in cache (1.1x to 1.2x faster); the whole batch otherwise.
     """
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,
@@ -284,9 +137,9 @@ class InferenceEngine:
         self.pairs_per_step = pairs_per_step
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.attention_impl = attention_impl
-        self.params = _prepare_params(model.params, self.dtype, self.mesh)
-        self._data = NamedSharding(self.mesh, P("data"))
-        self._rep = NamedSharding(self.mesh, P())
+        self.params = prepare_params(model.params, self.dtype, self.mesh)  # owned: see the class docstring
+        self._data = batch_sharded(self.mesh)
+        self._rep = replicated(self.mesh)
         self.stats = EngineStats()
 
     # -- encoder -----------------------------------------------------------------------------
@@ -306,17 +159,17 @@ class InferenceEngine:
         return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._rep),
                 jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._rep))
 
-    def encode(self, images: Sequence[_Image], verbose: bool = False) -> tuple[dict[tuple, tuple[tuple, int]],
-                                                                            dict[tuple, _Store]]:
+    def encode(self, images: Sequence[DistinctImage],
+               verbose: bool = False) -> tuple[dict[tuple, tuple[tuple, int]], dict[tuple, _Store]]:
         """Encode distinct images (grouped by shape) into per-shape stores.
 
         Returns:
           slot: image key -> (shape (H, W), row in that shape's store); stores: shape -> _Store.
         """
-        by_shape: dict[tuple[int, int], list[_Image]] = {}
+        by_shape: dict[tuple[int, int], list[DistinctImage]] = {}
         for im in images:
             by_shape.setdefault(im.hw, []).append(im)
-        step = _encode_step(self.config, self.attention_impl, self.mesh)
+        step = functools.partial(encode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh)
         be = self.encoder_batch_size
         slot: dict[tuple, tuple[tuple, int]] = {}
         stores: dict[tuple, _Store] = {}
@@ -356,13 +209,8 @@ class InferenceEngine:
           (pair indices of the batch's real rows, (pred1, pred2) device arrays of batch
           `self.batch_size` sharded on 'data' (rows past the real ones are padding)).
         """
-        pairs = _check_pairs(pairs, "inference")
-        memo: dict[int, _Image] = {}
-        per_pair: list[tuple[_Image, _Image]] = []
-        for k, (v1, v2) in enumerate(pairs):
-            per_pair.append((_image_of(v1, f"inference: pair {k} view1", memo),
-                             _image_of(v2, f"inference: pair {k} view2", memo)))
-        distinct = list({im.key: im for pp in per_pair for im in pp}.values())
+        pairs = check_pairs(pairs, "inference")
+        per_pair, distinct = distinct_images(pairs, "inference")
         st = self.stats = EngineStats(n_pairs=len(pairs), n_images=len(distinct))
 
         t0 = time.perf_counter()
@@ -377,7 +225,8 @@ class InferenceEngine:
         bs = self.batch_size
         bar = _progress(len(pairs), "decode", "pair", verbose)
         for (hw1, hw2), members in buckets.items():
-            step = _decode_step(self.config, self.attention_impl, self.mesh, hw1, hw2, self._pairs_per_step(hw1, hw2))
+            step = functools.partial(decode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh,
+                                     hw1=hw1, hw2=hw2, pairs_per_step=self._pairs_per_step(hw1, hw2))
             s1, s2 = stores[hw1], stores[hw2]
             for start in range(0, len(members), bs):
                 chunk = members[start:start + bs]
@@ -400,7 +249,7 @@ class InferenceEngine:
 
         Batch k's results are fetched after batch k+1 is dispatched (one batch of overlap).
         """
-        n = len(_check_pairs(pairs, "inference"))
+        n = len(check_pairs(pairs, "inference"))
         out: list[Any] = [None] * n
         pending: tuple[list[int], Any] | None = None
 
@@ -420,75 +269,18 @@ class InferenceEngine:
         return out
 
     def __call__(self, pairs: Sequence[Pair], verbose: bool = False) -> dict[str, Any]:
-        """The official `inference` result for `pairs` (see the module docstring for the layouts)."""
-        pairs = _check_pairs(pairs, "inference")
+        """The official `inference` result for `pairs` (layouts: `f3d_jax.infer.collate`)."""
+        pairs = check_pairs(pairs, "inference")
         if verbose:
             print(f">> Inference with model on {len(pairs)} image pairs")
-        preds = self.predict(pairs, verbose)
-        lists = not same_size(pairs)
-        return {
-            "view1": collate_views([p[0] for p in pairs], lists),
-            "view2": collate_views([p[1] for p in pairs], lists),
-            "pred1": _collate_preds([p[0] for p in preds], lists),
-            "pred2": _collate_preds([p[1] for p in preds], lists),
-        }
+        return inference_result(pairs, self.predict(pairs, verbose))
+
+
 
 
 def _progress(total: int, desc: str, unit: str, verbose: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=not verbose, leave=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# official collation
-
-
-def same_size(pairs: Sequence[Pair]) -> bool:
-    """The official `check_if_same_size`: all view-1 images share a shape, and all view-2 images do
-    (view 1 and view 2 may differ from each other). False selects the per-pair list layout."""
-    s1 = {tuple(np.shape(a["img"])[1:3]) for a, _ in pairs}
-    s2 = {tuple(np.shape(b["img"])[1:3]) for _, b in pairs}
-    return len(s1) == 1 and len(s2) == 1
-
-
-def _to_numpy(v: Any) -> Any:
-    return np.asarray(jax.device_get(v)) if isinstance(v, jax.Array) else v
-
-
-def _collate_values(vals: list[Any], lists: bool) -> Any:
-    """`collate_with_cat` over one key of the per-pair view dicts (each a batch of 1)."""
-    elem = vals[0]
-    if elem is None:
-        return None
-    if isinstance(elem, (bool, float, int, str)):
-        return list(vals)
-    if isinstance(elem, (np.ndarray, jax.Array)):
-        arrs = [_to_numpy(v) for v in vals]
-        return [x for a in arrs for x in a] if lists else np.concatenate(arrs)
-    if isinstance(elem, list):
-        return [x for v in vals for x in v]
-    if isinstance(elem, Mapping):
-        return {k: _collate_values([v[k] for v in vals], lists) for k in elem}
-    return list(vals)
-
-
-def collate_views(views: Sequence[View], lists: bool) -> dict[str, Any]:
-    """Collate the view dicts of every pair like the official code (keys of the first view)."""
-    out = {}
-    for key in views[0]:
-        vals = [v[key] for v in views]
-        if key == "img":
-            vals = [np.asarray(jax.device_get(v), np.float32) for v in vals]
-        elif key == "true_shape":
-            vals = [np.asarray(jax.device_get(v), np.int32).reshape(-1, 2) for v in vals]
-        out[key] = _collate_values(vals, lists)
-    return out
-
-
-def _collate_preds(preds: Sequence[Mapping[str, np.ndarray]], lists: bool) -> dict[str, Any]:
-    if lists:
-        return {k: [p[k] for p in preds] for k in preds[0]}
-    return {k: np.stack([p[k] for p in preds]) for k in preds[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,6 +294,11 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
 
     Each distinct image is encoded once; pairs are decoded in padded, fixed-size batches sharded
     over `devices` (a second call with images of the same sizes compiles nothing).
+
+    Every call builds a fresh `InferenceEngine`, which prepares (casts / replicates) `model.params` as
+    they are now, so the result always follows the model's current weights, exactly as `model(v1, v2)`
+    does, and nothing of the model stays on the devices after the call. To run many pair lists on
+    unchanged weights without preparing them each time, build one `InferenceEngine` and call it.
 
     Args:
       pairs: list of (view1, view2) image dicts (`make_pairs` output); each view holds
@@ -533,18 +330,14 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
     return engine(pairs, verbose)
 
 
-def _rename_view2(res: Mapping[str, Any]) -> dict[str, Any]:
-    return {("pts3d" if k == "pts3d_in_other_view" else k): v for k, v in res.items()}
-
-
 def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = None,
                         attention_impl: str | None = None,
                         devices: Sequence[jax.Device] | None = None) -> tuple[dict, dict, dict, dict]:
     """MASt3R's `symmetric_inference`: encode the pair once, decode both ways.
 
-    Runs through the engine (the two images encoded once, then the pairs (1, 2) and (2, 1) decoded
-    as one batch), so it shares compiled code with `inference` on images of the same sizes. For a
-    pure jittable version see `f3d_jax.models.model.symmetric_forward`.
+    Runs through a fresh engine (the two images encoded once, then the pairs (1, 2) and (2, 1) decoded
+    as one batch), so it shares compiled code with `inference` on images of the same sizes and runs the
+    model's current weights. For a pure jittable version see `f3d_jax.models.model.symmetric_forward`.
 
     Args:
       model: a DUSt3R / MASt3R `Model`.
@@ -560,27 +353,28 @@ def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = No
     engine = InferenceEngine(model, 2, dtype=dtype, attention_impl=attention_impl,
                              devices=jax.devices()[:1] if devices is None else devices)
     (r11, r21), (r22, r12) = engine.predict([(img1, img2), (img2, img1)])
-    return tuple({k: v[None] for k, v in _rename_view2(r).items()} for r in (r11, r21, r22, r12))
+    return tuple({k: v[None] for k, v in rename_view2(r).items()} for r in (r11, r21, r22, r12))
 
 
 def symmetric_inference_pairs(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose: bool = True,
                               **engine_kw: Any) -> dict[str, dict[str, Any]]:
-    """`symmetric_inference` for many pairs through the batched engine (each image encoded once).
+    """`symmetric_inference` for many pairs through a fresh batched engine (each image encoded once;
+    `engine_kw` as `InferenceEngine`).
 
     Returns:
       {'res11', 'res21', 'res22', 'res12'}: dicts of per-pair results in the layout `inference`
       would use for `pairs` (stacked `(P, H, W, ...)` arrays, or per-pair lists), keys as
       `symmetric_inference` (`pts3d` everywhere).
     """
-    pairs = _check_pairs(pairs, "symmetric_inference_pairs")
+    pairs = check_pairs(pairs, "symmetric_inference_pairs")
     engine = InferenceEngine(model, batch_size, **engine_kw)
     preds = engine.predict(list(pairs) + [(b, a) for a, b in pairs], verbose)
     n = len(pairs)
     lists = not same_size(pairs)
     fwd, bwd = preds[:n], preds[n:]
     return {
-        "res11": _collate_preds([p[0] for p in fwd], lists),
-        "res21": _collate_preds([_rename_view2(p[1]) for p in fwd], lists),
-        "res22": _collate_preds([p[0] for p in bwd], lists),
-        "res12": _collate_preds([_rename_view2(p[1]) for p in bwd], lists),
+        "res11": collate_preds([p[0] for p in fwd], lists),
+        "res21": collate_preds([rename_view2(p[1]) for p in fwd], lists),
+        "res22": collate_preds([p[0] for p in bwd], lists),
+        "res12": collate_preds([rename_view2(p[1]) for p in bwd], lists),
     }

@@ -68,15 +68,6 @@ def abstract_params(config: CroCoConfig) -> dict:
     return nnx.to_pure_dict(nnx.split(abstract_module(config))[1])
 
 
-def init_params(config: CroCoConfig, key: jax.Array) -> dict:
-    """Randomly initialised params (for training from scratch and benchmarks), built under jit."""
-    @jax.jit
-    def make(k):
-        return nnx.to_pure_dict(nnx.split(build_module(config, nnx.Rngs(k)))[1])
-
-    return make(key)
-
-
 def _module(config: CroCoConfig, params: Mapping) -> nnx.Module:
     return nnx.merge(graphdef_of(config), params)
 

@@ -7,6 +7,10 @@ sharding, so the decode step of a bucket is compiled once per model and shared a
 
 from __future__ import annotations
 
+import gc
+import types
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +18,14 @@ import pytest
 from conftest import fixture_path
 from jax.sharding import PartitionSpec as P
 
+import f3d_jax.infer
 import f3d_jax.infer.engine as engine_mod
+import f3d_jax.infer.steps as steps_mod
 from f3d_jax.infer import (InferenceEngine, PairInputError, infer_scene, inference, symmetric_inference,
                            symmetric_inference_pairs)
 from f3d_jax.infer.pairs import make_pairs, pairs_to_edges
-from f3d_jax.models.model import symmetric_forward
+from f3d_jax.models import model as model_mod
+from f3d_jax.models.model import Model, symmetric_forward
 
 from .conftest import fixture_images
 
@@ -118,20 +125,20 @@ def test_encoder_runs_once_per_image(fixture_model, monkeypatch):
     assert len(pairs) == 12
 
     executed = []
-    real_encode = engine_mod.encode_images
+    real_encode = steps_mod.encode_images
 
     def counting_encode(config, params, img, true_shape=None, impl=None):
         jax.debug.callback(lambda n: executed.append(int(n)), img.shape[0])
         return real_encode(config, params, img, true_shape, impl)
 
-    engine_mod._encode_step.cache_clear()
-    monkeypatch.setattr(engine_mod, "encode_images", counting_encode)
+    steps_mod.encode_step.clear_cache()  # retrace the step with the counting encoder
+    monkeypatch.setattr(steps_mod, "encode_images", counting_encode)
     try:
         eng = InferenceEngine(model, 2, devices=ONE)
         res = eng(pairs)
         jax.effects_barrier()
     finally:
-        engine_mod._encode_step.cache_clear()
+        steps_mod.encode_step.clear_cache()  # drop the executable that holds the callback
     # 4 images, encoder batches of 2: two encoder executions of 2 rows = 4 encoder evaluations
     # (the official code would run 24 on this graph, 12 with its symmetrized-batch shortcut).
     assert sum(executed) == 4 and len(executed) == 2
@@ -159,21 +166,111 @@ def test_duplicate_images_share_one_encoding(fixture_model):
     np.testing.assert_array_equal(res["pred1"]["pts3d"][0], res["pred1"]["pts3d"][1])
 
 
-def test_second_call_compiles_nothing(fixture_model):
+def _trace_guard(fn):
+    """`fn` (a jitted model function) behind a plain wrapper that chex lets be traced at most 0 times more:
+    the steps call it only while they are being traced."""
+    def traced(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return chex.assert_max_traces(traced, n=0)
+
+
+def test_second_call_compiles_nothing(fixture_model, monkeypatch):
     model = fixture_model("dust3r_linear")
     imgs = _four_images()
     pairs = make_pairs(imgs, "complete", symmetrize=True)
     inference(pairs, model, batch_size=2, verbose=False, devices=ONE)
-    before = dict(engine_mod.TRACE_COUNTS)
-    hw = tuple(imgs[0]["img"].shape[1:3])
-    dec = engine_mod._decode_step(model.config, None, engine_mod.make_mesh(ONE), hw, hw)
-    cache_before = dec._cache_size()
-    # New pixels, same sizes, another graph over 3 images (store capacity still 4): nothing new.
+    sizes = (steps_mod.encode_step._cache_size(), steps_mod.decode_step._cache_size())
+    # From here on, tracing either step raises (chex), and jit's own caches must not grow.
+    chex.clear_trace_counter()
+    monkeypatch.setattr(steps_mod, "encode_images", _trace_guard(model_mod.encode_images))
+    monkeypatch.setattr(steps_mod, "decode_pairs", _trace_guard(model_mod.decode_pairs))
+    # New pixels, same sizes, another graph over 3 images (store capacity still 4), a new engine and a
+    # new model object holding the same weights: nothing new.
     other = [dict(im, img=np.clip(im["img"] * 0.5 + 0.1, -1, 1)) for im in imgs[:3]]
-    res = inference(make_pairs(other, "swin-1"), model, batch_size=2, verbose=False, devices=ONE)
-    assert dict(engine_mod.TRACE_COUNTS) == before
-    assert dec._cache_size() == cache_before
+    same = Model(model.config, jax.tree.map(lambda a: a, model.params))
+    res = inference(make_pairs(other, "swin-1"), same, batch_size=2, verbose=False, devices=ONE)
+    assert (steps_mod.encode_step._cache_size(), steps_mod.decode_step._cache_size()) == sizes
     assert np.isfinite(res["pred1"]["pts3d"]).all()
+    # The guard does catch a trace: images of a new size must trace the encoder step (and fail at once).
+    small = [dict(im, img=im["img"][:, :48, :64], true_shape=np.array([[48, 64]], np.int32)) for im in imgs[:2]]
+    with pytest.raises(AssertionError, match="traced > 0 times"):
+        inference(make_pairs(small, "complete"), model, batch_size=2, verbose=False, devices=ONE)
+
+
+# ---------------------------------------------------------------------------------------------
+# state: the engine owns its prepared params, inference() follows the model's current weights
+
+
+def test_inference_sees_in_place_weight_edits(fixture_model):
+    """Editing `model.params` in place (the nested dicts) changes `inference()` exactly as a direct
+    `model(view1, view2)` call; an engine built before the edit keeps the weights it was built with."""
+    base = fixture_model("dust3r_linear")
+    model = Model(base.config, jax.tree.map(lambda a: a, base.params))  # own dicts: the fixture stays intact
+    a, b = fixture_images("dust3r_linear")
+    pairs = [(a, b), (b, a)]
+    before = inference(pairs, model, batch_size=2, verbose=False, devices=ONE)
+    kept = InferenceEngine(model, 2, devices=ONE)
+
+    enc = model.params["enc_norm"]
+    enc["bias"] = enc["bias"] + 0.05  # in place: the same dicts, new leaves
+    head = model.params["downstream_head2"]["proj"]
+    head["bias"] = head["bias"] + 0.1
+
+    after = inference(pairs, model, batch_size=2, verbose=False, devices=ONE)
+    for k, (v1, v2) in enumerate(pairs):
+        ref1, ref2 = model(v1, v2)
+        for name, ref in ref1.items():
+            assert_close(after["pred1"][name][k], ref[0], f"pair {k} pred1.{name}")
+        for name, ref in ref2.items():
+            assert_close(after["pred2"][name][k], ref[0], f"pair {k} pred2.{name}")
+    for p, key in (("pred1", "pts3d"), ("pred2", "pts3d_in_other_view")):
+        moved = np.abs(after[p][key] - before[p][key]).max() / np.abs(before[p][key]).max()
+        assert moved > 1e-3, (p, moved)  # far beyond the 1e-5 tolerance: the edit is visible
+    old = kept(pairs)
+    for p in ("pred1", "pred2"):
+        for name, v in old[p].items():
+            np.testing.assert_array_equal(v, before[p][name], err_msg=f"{p}.{name}")
+
+
+def _holds_device_arrays(value) -> bool:
+    try:
+        leaves = jax.tree.leaves(value)
+    except Exception:  # noqa: BLE001 - not a pytree jax can flatten: look at the object itself
+        leaves = [value]
+    return any(isinstance(x, jax.Array) for x in leaves)
+
+
+def test_engine_owns_its_params_and_nothing_outlives_a_call(fixture_model):
+    """The prepared (here bfloat16) params live exactly as long as their engine: `inference()` leaves no
+    device copy of the model behind, and no module of f3d_jax.infer holds device arrays."""
+    model = fixture_model("dust3r_linear")
+    a, b = fixture_images("dust3r_linear")
+    gc.collect()
+    alive = jax.live_arrays()  # kept referenced, so their ids cannot be reused
+    old = {id(x) for x in alive}
+
+    def new_bf16():
+        gc.collect()
+        return [x for x in jax.live_arrays() if id(x) not in old and x.dtype == jnp.bfloat16]
+
+    eng = InferenceEngine(model, 2, dtype=jnp.bfloat16, devices=ONE)
+    n_cast = sum(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(eng.params))
+    assert n_cast > 10 and len(new_bf16()) == n_cast  # the engine holds the cast copy
+    eng([(a, b)])
+    del eng
+    assert new_bf16() == []  # dropped with the engine
+
+    res = inference([(a, b)], model, batch_size=2, verbose=False, devices=ONE, dtype=jnp.bfloat16)
+    assert np.isfinite(res["pred1"]["pts3d"]).all()
+    assert new_bf16() == []  # nothing of the call's engine survives it
+
+    mods = [m for m in vars(f3d_jax.infer).values() if isinstance(m, types.ModuleType)]
+    assert {m.__name__ for m in mods} >= {"f3d_jax.infer.engine", "f3d_jax.infer.steps", "f3d_jax.infer.views",
+                                          "f3d_jax.infer.collate"}
+    for m in mods:
+        held = [name for name, v in vars(m).items() if _holds_device_arrays(v)]
+        assert held == [], f"{m.__name__} holds device arrays in {held}"
 
 
 # ---------------------------------------------------------------------------------------------

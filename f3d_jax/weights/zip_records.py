@@ -85,6 +85,7 @@ class ZipRecords:
         info = self._info(name)
         if info.file_size > cap:
             self._fail(name, f"declares {info.file_size} bytes, more than the {cap} allowed")
+        self._admit(info)
         buf = bytearray(info.file_size)
         self._read_into(info, memoryview(buf))
         return bytes(buf)
@@ -95,6 +96,7 @@ class ZipRecords:
         need = count * dtype.itemsize
         if info.file_size != need:
             self._fail(name, f"holds {info.file_size} bytes but its storage needs {need} ({count} x {dtype.name})")
+        self._admit(info)
         arr = np.empty(count, dtype=dtype)
         self._read_into(info, memoryview(arr.view(np.uint8)))
         return arr
@@ -107,10 +109,8 @@ class ZipRecords:
             raise CheckpointError(self.path, f"record '{name}' is missing from the archive")
         return info
 
-    def _fail(self, name: str, problem: str) -> Any:
-        raise CheckpointError(self.path, f"record '{name}' {problem}")
-
-    def _read_into(self, info: zipfile.ZipInfo, out: memoryview) -> None:
+    def _admit(self, info: zipfile.ZipInfo) -> None:
+        """Refuses a record before any buffer is allocated for it."""
         name = info.filename
         if info.flag_bits & 0x1:
             self._fail(name, "is encrypted")
@@ -118,11 +118,19 @@ class ZipRecords:
             self._fail(name, f"uses zip compression method {info.compress_type} (only stored and deflate are read)")
         if info.compress_type == _STORED and info.compress_size != info.file_size:
             self._fail(name, "is stored with a compressed size different from its size: file corrupt")
+        if info.compress_type == _STORED and info.file_size > self._size:
+            self._fail(name, f"declares {info.file_size} bytes, more than the whole file: file corrupt")
         if info.compress_type == _DEFLATED:
             self._inflated += info.file_size
             self._deflated += info.compress_size
             if self._inflated > 4 * self._deflated + _FREE_INFLATION:
                 self._fail(name, f"would inflate to {info.file_size} bytes from {info.compress_size}: a zip bomb?")
+
+    def _fail(self, name: str, problem: str) -> Any:
+        raise CheckpointError(self.path, f"record '{name}' {problem}")
+
+    def _read_into(self, info: zipfile.ZipInfo, out: memoryview) -> None:
+        name = info.filename
         f = self._file
         try:
             f.seek(info.header_offset)

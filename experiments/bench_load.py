@@ -125,17 +125,23 @@ def main() -> None:
     ap.add_argument("--fixtures", default=os.environ.get("F3D_FIXTURES", str(REPO_ROOT.parent / "shared" / "fixtures")))
     ap.add_argument("--tmp", default=None, help="folder for the temporary checkpoint (default: the system's)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint (prints its path)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="time this existing file (kept) instead of writing one")
     a = ap.parse_args()
     manifest = json.loads((Path(a.fixtures) / "networks" / "manifests" / f"{NAME}.json").read_text())
     tmp = Path(tempfile.mkdtemp(prefix="bench_load.", dir=a.tmp))
     try:
-        path = tmp / "checkpoint.pth"
+        path = a.checkpoint or tmp / "checkpoint.pth"
         t = time.perf_counter()
-        nbytes = write_checkpoint(path, manifest)
-        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB, {nbytes / 1e9:.2f} GB of tensors) "
+        nbytes = sum(int(np.prod(e["shape"])) * 4 for e in manifest["state_dict"]) - sum(
+            int(np.prod(next(e["shape"] for e in manifest["state_dict"] if e["key"] == g[1]))) * 4
+            for g in manifest.get("shared_tensor_groups", []))
+        if a.checkpoint is None:
+            nbytes = write_checkpoint(path, manifest)
+        print(f"{'wrote' if a.checkpoint is None else 'using'} {path} ({path.stat().st_size / 1e9:.2f} GB, {nbytes / 1e9:.2f} GB of tensors) "
               f"in {time.perf_counter() - t:.1f}s", flush=True)
         env = {**os.environ, "PYTHONPATH": a.pythonpath, "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], env=env, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(path.resolve())], env=env, capture_output=True, text=True,
+                             cwd=tmp)  # not the repo: `-c` puts the cwd first on sys.path
         if out.returncode:
             sys.exit(f"load failed:\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -2,10 +2,20 @@
 
 Equivalent of `torch.load(path, map_location='cpu', weights_only=True)` with
 `argparse.Namespace` allow-listed (what `dust3r.model.load_model` / `mast3r.model.load_model`
-need), restricted further: the pickle may reference only the handful of globals that a
-state-dict checkpoint contains, and everything is rebuilt as numpy arrays and plain Python
-objects. Anything else is refused *before* it is called, with an error naming the file and the
-offending global.
+need), restricted further and memory-safe by construction:
+
+- `data.pkl` runs on our own bounded pickle machine (`pickle_machine`), never `pickle.Unpickler`;
+  its globals come from a closed table mapped to pure functions of this module (tensors, empty
+  `OrderedDict`s, a fresh `Namespace` bag, plain numpy scalars), so no real class is constructed
+  and nothing shared between loads can be mutated;
+- dtypes come from a closed list (bool, uint8, int8-int64, float16, bfloat16, float32, float64);
+  numpy scalars only of those, with exactly their item size in bytes;
+- every tensor lies inside its storage record (exact integer bounds); views of one storage are
+  read-only numpy views of one buffer, so reading costs the size of the storages once;
+- zip records are read exactly (`zip_records`): duplicate names, overlapping records and zip
+  bombs are refused, CRCs checked, `data.pkl` capped at 64 MiB.
+
+Every malformed or hostile file raises `CheckpointError` (one line naming the file and the problem).
 
 Zip layout (PyTorch's serialization format, every entry under one top folder, e.g.
 `checkpoint/`): `data.pkl` (the pickle), `data/<key>` (raw storage bytes, one record per
@@ -14,13 +24,10 @@ storage), `byteorder` (`little`/`big`, absent in old files = little), `version`,
 
 from __future__ import annotations
 
-import _compat_pickle
 import collections
-import io
 import math
 import os
-import pickle
-import zipfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,14 @@ import ml_dtypes
 import numpy as np
 
 from f3d_jax.weights.errors import CheckpointError, read_file_head
+from f3d_jax.weights.pickle_machine import PLAIN_GLOBALS, Global, unpickle
+from f3d_jax.weights.zip_records import ZipRecords
 
 __all__ = ["Namespace", "read_pth"]
 
+MAX_DATA_PKL_BYTES = 64 << 20
+MAX_DIMS = 16
+MAX_ELEMENTS = 1 << 48  # per storage / tensor (a 1 PiB float32 tensor: far beyond any checkpoint)
 
 # Storage class name -> element dtype (little-endian; swapped for `byteorder == big`).
 _STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -47,9 +59,19 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
     "BoolStorage": np.dtype("?"),
 }
 
-# Numpy scalars (e.g. a `best_so_far` metric saved next to the weights) are rebuilt only for
-# plain numeric dtypes: an object dtype would let the pickle forge a pointer.
-_NUMERIC_KINDS = frozenset("biufc")
+# `numpy.dtype(<name>, False, True)` arguments (as numpy pickles them) -> the dtype: the closed list.
+_NUMPY_DTYPES: dict[str, np.dtype] = {
+    "b1": np.dtype("?"),
+    "u1": np.dtype("u1"),
+    "i1": np.dtype("i1"),
+    "i2": np.dtype("<i2"),
+    "i4": np.dtype("<i4"),
+    "i8": np.dtype("<i8"),
+    "f2": np.dtype("<f2"),
+    "f4": np.dtype("<f4"),
+    "f8": np.dtype("<f8"),
+}
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "a PNG image",
@@ -66,22 +88,17 @@ _MAGIC = {
 }
 
 
+
+
 class Namespace:
     """Stand-in for `argparse.Namespace` in checkpoints: a plain bag of attributes.
 
-    Rebuilt by pickle's NEWOBJ + BUILD (empty construction, then the attribute dict), exactly
-    like the real class, but it has no behaviour beyond attribute access and `to_dict()`.
+    Rebuilt by pickle's NEWOBJ + BUILD (a fresh, empty bag per object, then the attribute dict),
+    but it has no behaviour beyond attribute access and `to_dict()`.
     """
 
     def __init__(self, **kwargs: Any):
         self.__dict__.update(kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict_state, slot_state)
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError(f"argparse.Namespace state must be a dict, got {type(state).__name__}")
-        self.__dict__.update(state)
 
     def to_dict(self) -> dict[str, Any]:
         """The attributes as a plain dict (a copy)."""
@@ -92,6 +109,8 @@ class Namespace:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Namespace) and vars(self) == vars(other)
+
+    __hash__ = object.__hash__
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
@@ -106,18 +125,19 @@ class _StorageType:
     dtype: np.dtype
 
 
+@dataclass(frozen=True, eq=False)
 class _Storage:
-    """A typed storage: the flat array of one `data/<key>` record.
+    """A typed storage: the read-only flat array of one `data/<key>` record (native byte order)."""
 
-    The first tensor that covers the whole storage contiguously takes the array itself (no copy:
-    peak memory stays at one copy of the weights); any other view (a shared storage's second
-    name, a slice, a transpose) gets its own contiguous copy.
-    """
+    key: str
+    array: np.ndarray  # (numel,)
 
-    def __init__(self, key: str, array: np.ndarray):
-        self.key = key
-        self.array = array  # (numel,) in the storage dtype, native byte order
-        self.taken = False
+
+@dataclass(frozen=True, eq=False)
+class _DTypeRef:
+    """`ml_dtypes.bfloat16` named as a numpy.dtype argument (never called itself)."""
+
+    dtype: np.dtype
 
 
 def _sniff(head: bytes) -> str | None:
@@ -134,187 +154,173 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for `data.pkl` that resolves only allow-listed globals.
+class _Loader:
+    """The globals, persistent ids and BUILD rules of one `read_pth` call (fresh objects per load)."""
 
-    Every other global (e.g. `posix.system`, `builtins.eval`) raises in `find_class`, i.e. while
-    the opcode that names it is read, before any REDUCE could call it.
-    """
-
-    def __init__(self, file: io.BytesIO, *, source: Path, records: _Records):
-        super().__init__(file)
+    def __init__(self, source: Path, records: ZipRecords, prefix: str, big_endian: bool):
         self._source = source
         self._records = records
-        # Fresh objects per load, so a hostile BUILD on them cannot leak into later loads.
-        self._namespace_cls = type("Namespace", (Namespace,), {"__module__": __name__})
-        self._storage_types = {n: _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()}
-        self._allowed = {
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
-            ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
-            ("argparse", "Namespace"): self._namespace_cls,
-            # Protocol-2 pickles encode `bytes` as _codecs.encode(str, 'latin1'), sets via REDUCE.
-            ("_codecs", "encode"): self._codecs_encode,
-            ("builtins", "set"): set,
-            ("builtins", "frozenset"): frozenset,
-            ("numpy.core.multiarray", "scalar"): self._numpy_scalar,
-            ("numpy._core.multiarray", "scalar"): self._numpy_scalar,
-            ("numpy", "dtype"): self._numpy_dtype,
-        }
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Protocol-2 pickles name Python 2 modules (`__builtin__`, `commands`); map them as the
-        # standard unpickler does, so the allow-list and the error message use today's names.
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        if module == "torch" and name in self._storage_types:
-            return self._storage_types[name]
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise CheckpointError(
-                self._source,
-                f"refusing to load: the pickle references the global '{module}.{name}', which is not "
-                "allowed in a weights checkpoint (only tensors, OrderedDict, argparse.Namespace and "
-                "plain Python values are); nothing was executed",
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(self._source, f"unsupported persistent id {pid!r} in data.pkl")
-        _, stype, key, _location, numel = pid
-        if not isinstance(stype, _StorageType):
-            raise CheckpointError(self._source, f"persistent id names {stype!r}, not a torch storage class")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise CheckpointError(self._source, f"malformed storage id {pid!r} in data.pkl")
-        return self._records.storage(key, stype.dtype, numel)
-
-    # ---- allow-listed callables -------------------------------------------------------------
-
-    def _rebuild_tensor_v2(
-        self,
-        storage: Any,
-        storage_offset: Any,
-        size: Any,
-        stride: Any,
-        requires_grad: Any = False,
-        backward_hooks: Any = None,
-        metadata: Any = None,
-    ) -> np.ndarray:
-        return self._rebuild_tensor(storage, storage_offset, size, stride)
-
-    def _rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> np.ndarray:
-        if not isinstance(storage, _Storage):
-            raise CheckpointError(self._source, "tensor rebuilt from something that is not a storage")
-        ok = (
-            isinstance(storage_offset, int)
-            and storage_offset >= 0
-            and isinstance(size, tuple | list)
-            and isinstance(stride, tuple | list)
-            and len(size) == len(stride)
-            and all(isinstance(v, int) and v >= 0 for v in (*size, *stride))
-        )
-        if not ok:
-            raise CheckpointError(
-                self._source,
-                f"malformed tensor in record data/{storage.key}: offset={storage_offset!r}, "
-                f"size={size!r}, stride={stride!r}",
-            )
-        flat = storage.array
-        count = math.prod(size)
-        if count == 0:
-            return np.zeros(tuple(size), dtype=flat.dtype)
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        if last >= flat.size or count > flat.size:
-            raise CheckpointError(
-                self._source,
-                f"tensor of shape {tuple(size)} (offset {storage_offset}, stride {tuple(stride)}) "
-                f"does not fit in its storage data/{storage.key} of {flat.size} elements",
-            )
-        c_strides = [math.prod(size[i + 1 :]) for i in range(len(size))]
-        whole = storage_offset == 0 and count == flat.size
-        if whole and not storage.taken and all(n == 1 or s == c for n, s, c in zip(size, stride, c_strides)):
-            storage.taken = True
-            return flat.reshape(tuple(size))
-        item = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[storage_offset:],
-            shape=tuple(size),
-            strides=tuple(s * item for s in stride),
-            writeable=False,
-        )
-        # An owned, contiguous copy: tensors sharing a storage on disk do not alias in memory.
-        return np.array(view, order="C", copy=True)
-
-    def _rebuild_parameter(self, data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> Any:
-        if not isinstance(data, np.ndarray):
-            raise CheckpointError(self._source, "nn.Parameter rebuilt from something that is not a tensor")
-        return data
-
-    def _codecs_encode(self, obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-        if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-            raise CheckpointError(self._source, f"unexpected _codecs.encode({type(obj).__name__}, {encoding!r})")
-        return obj.encode(encoding)
-
-    def _numpy_dtype(self, obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
-        if not isinstance(obj, str):
-            raise CheckpointError(self._source, f"unexpected numpy.dtype({obj!r})")
-        dtype = np.dtype(obj, copy=True)  # a private copy: BUILD then calls __setstate__ on it
-        if dtype.kind not in _NUMERIC_KINDS:
-            raise CheckpointError(self._source, f"refusing non-numeric numpy dtype {obj!r}")
-        return dtype
-
-    def _numpy_scalar(self, dtype: Any, data: Any = None) -> Any:
-        if not (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS and isinstance(data, bytes)):
-            raise CheckpointError(self._source, "refusing a numpy scalar that is not a plain number")
-        if len(data) != dtype.itemsize:
-            raise CheckpointError(self._source, f"numpy scalar of {dtype} holds {len(data)} bytes")
-        return np.frombuffer(data, dtype=dtype)[0]
-
-
-class _Records:
-    """Lazy access to the `<top>/data/<key>` records of the archive, one read per key."""
-
-    def __init__(self, source: Path, zf: zipfile.ZipFile, prefix: str, big_endian: bool):
-        self._source = source
-        self._zf = zf
         self._prefix = prefix
         self._big_endian = big_endian
-        self._cache: dict[tuple[str, str], _Storage] = {}
+        self._storages: dict[str, tuple[np.dtype, _Storage]] = {}
+        self._storage_types = {n: _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()}
+        scalar = Global("numpy.core.multiarray.scalar", reduce=self._numpy_scalar)
+        namespace = Global("argparse.Namespace", reduce=self._namespace, newobj=self._namespace)
+        self._globals: dict[tuple[str, str], Any] = {
+            **PLAIN_GLOBALS,
+            ("torch._utils", "_rebuild_tensor_v2"): Global("torch._utils._rebuild_tensor_v2", reduce=self._tensor_v2),
+            ("torch._utils", "_rebuild_tensor"): Global("torch._utils._rebuild_tensor", reduce=self._tensor),
+            ("torch._utils", "_rebuild_parameter"): Global("torch._utils._rebuild_parameter", reduce=self._parameter),
+            ("argparse", "Namespace"): namespace,
+            ("numpy.core.multiarray", "scalar"): scalar,
+            ("numpy._core.multiarray", "scalar"): scalar,
+            ("numpy", "dtype"): Global("numpy.dtype", reduce=self._numpy_dtype),
+            ("ml_dtypes", "bfloat16"): _DTypeRef(np.dtype(ml_dtypes.bfloat16)),
+        }
+        self._scalar_dtypes = (*_NUMPY_DTYPES.values(), np.dtype(ml_dtypes.bfloat16))
+        self.builders: dict[type, Any] = {
+            Namespace: self._build_namespace,
+            collections.OrderedDict: self._build_ordered_dict,
+            **{type(d): self._build_dtype for d in self._scalar_dtypes},
+        }
 
-    def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
-        cached = self._cache.get((key, dtype.str))
-        if cached is not None:  # shared tensors reuse one record
-            return cached
-        name = f"{self._prefix}data/{key}"
-        try:
-            info = self._zf.getinfo(name)
-        except KeyError:
-            raise CheckpointError(self._source, f"record '{name}' is missing from the archive") from None
-        need = numel * dtype.itemsize
-        if info.file_size < need:
-            raise CheckpointError(
-                self._source,
-                f"record '{name}' holds {info.file_size} bytes but its storage needs {need} ({numel} x {dtype.name})",
+    def _fail(self, problem: str) -> Any:
+        raise CheckpointError(self._source, problem)
+
+    def resolve(self, module: str, name: str) -> Any:
+        if module == "torch" and name in self._storage_types:
+            return self._storage_types[name]
+        found = self._globals.get((module, name))
+        if found is None:
+            self._fail(
+                f"refusing to load: the pickle references the global '{module}.{name}', which is not "
+                "allowed in a weights checkpoint (only tensors, OrderedDict, argparse.Namespace and "
+                "plain Python values are); nothing was executed"
             )
-        arr = np.empty(numel, dtype=dtype)
-        try:
-            with self._zf.open(info) as f:
-                got = f.readinto(arr.view(np.uint8)) if need else 0
-                if got == need and info.file_size == need:
-                    f.read(1)  # reach EOF so that zipfile verifies the record's CRC-32
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(self._source, f"record '{name}' cannot be read ({e}): file corrupt or truncated") from None
-        if got != need:
-            raise CheckpointError(self._source, f"record '{name}' ended after {got} of {need} bytes: file truncated")
-        if self._big_endian and dtype.itemsize > 1:
+        return found
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            self._fail(f"unsupported persistent id in data.pkl (a {type(pid).__name__}, not a storage id)")
+        _, stype, key, location, numel = pid
+        if not isinstance(stype, _StorageType):
+            self._fail(f"persistent id names a {type(stype).__name__}, not a torch storage class")
+        if not (type(key) is str and _KEY.fullmatch(key) and type(location) is str and type(numel) is int):
+            self._fail("malformed storage id in data.pkl")
+        if not 0 <= numel <= MAX_ELEMENTS:
+            self._fail(f"storage data/{key} declares {numel} elements")
+        known = self._storages.get(key)
+        if known is not None:
+            dtype, storage = known
+            if dtype != stype.dtype or storage.array.size != numel:
+                self._fail(f"storage data/{key} is used both as {dtype.name} x {storage.array.size} and as "
+                           f"{stype.dtype.name} x {numel}")
+            return storage
+        arr = self._records.read_array(f"{self._prefix}data/{key}", stype.dtype, numel)
+        if self._big_endian and stype.dtype.itemsize > 1:
             arr.byteswap(inplace=True)
+        arr.flags.writeable = False  # every tensor is a read-only view of this one buffer
         storage = _Storage(key, arr)
-        self._cache[(key, dtype.str)] = storage
+        self._storages[key] = (stype.dtype, storage)
         return storage
+
+    # ---- allow-listed callables (pure functions of their arguments) ---------------------------
+
+    def _tensor_v2(self, args: tuple, ctx: Any) -> np.ndarray:
+        # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata]): the tail is ignored.
+        if not 4 <= len(args) <= 7:
+            self._fail(f"_rebuild_tensor_v2 called with {len(args)} arguments")
+        return self._view(*args[:4])
+
+    def _tensor(self, args: tuple, ctx: Any) -> np.ndarray:
+        if len(args) != 4:
+            self._fail(f"_rebuild_tensor called with {len(args)} arguments")
+        return self._view(*args)
+
+    def _parameter(self, args: tuple, ctx: Any) -> np.ndarray:
+        if not 1 <= len(args) <= 3 or not isinstance(args[0], np.ndarray):
+            self._fail("nn.Parameter rebuilt from something that is not a tensor")
+        return args[0]
+
+    def _view(self, storage: Any, offset: Any, size: Any, stride: Any) -> np.ndarray:
+        if not isinstance(storage, _Storage):
+            self._fail("tensor rebuilt from something that is not a storage")
+        ok = (
+            type(offset) is int
+            and type(size) in (tuple, list)
+            and type(stride) in (tuple, list)
+            and len(size) == len(stride) <= MAX_DIMS
+            and 0 <= offset <= MAX_ELEMENTS
+            and all(type(v) is int and 0 <= v <= MAX_ELEMENTS for v in (*size, *stride))
+        )
+        if not ok:
+            self._fail(f"malformed tensor in record data/{storage.key}: offset, size or stride out of range "
+                       f"(at most {MAX_DIMS} non-negative integer dimensions)")
+        flat = storage.array
+        size, stride = tuple(size), tuple(stride)
+        count = math.prod(size)  # exact Python integers: no overflow
+        if count == 0:
+            if math.prod(max(n, 1) for n in size) > MAX_ELEMENTS or offset > flat.size:
+                self._fail(f"malformed empty tensor of shape {size} in record data/{storage.key}")
+            empty = np.empty(size, dtype=flat.dtype)
+            empty.flags.writeable = False
+            return empty
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= flat.size or count > flat.size:
+            self._fail(
+                f"tensor of shape {size} (offset {offset}, stride {stride}) does not fit in its storage "
+                f"data/{storage.key} of {flat.size} elements"
+            )
+        item = flat.dtype.itemsize
+        return np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False
+        )
+
+    def _namespace(self, args: tuple, ctx: Any) -> Namespace:
+        if args != ():
+            self._fail("argparse.Namespace called with arguments (pickle only ever creates it empty)")
+        return Namespace()
+
+    def _numpy_dtype(self, args: tuple, ctx: Any) -> np.dtype:
+        name = args[0] if args else None
+        flags_ok = len(args) == 1 or (len(args) == 3 and all(type(a) is bool for a in args[1:]))
+        if isinstance(name, _DTypeRef) and flags_ok:
+            return name.dtype
+        if type(name) is not str or name not in _NUMPY_DTYPES or not flags_ok:
+            self._fail("refusing a numpy dtype outside bool, (u)int8-int64, float16/32/64, bfloat16")
+        return _NUMPY_DTYPES[name]
+
+    def _numpy_scalar(self, args: tuple, ctx: Any) -> Any:
+        dtype, data = args if len(args) == 2 else (None, None)
+        if not any(dtype is d for d in self._scalar_dtypes) or type(data) is not bytes:
+            self._fail("refusing a numpy scalar that is not a plain number of an allowed dtype")
+        if len(data) != dtype.itemsize:
+            self._fail(f"numpy scalar of {dtype.name} holds {len(data)} bytes, not {dtype.itemsize}")
+        return np.frombuffer(data, dtype=dtype)[0]
+
+    # ---- BUILD: only where a pickled object of the closed list needs it -----------------------
+
+    def _build_namespace(self, target: Namespace, state: Any, ctx: Any) -> None:
+        if type(state) is tuple and len(state) == 2 and state[1] is None:  # (dict_state, slot_state)
+            state = state[0]
+        if type(state) is not dict or not all(type(k) is str for k in state):
+            self._fail("argparse.Namespace state must be a dict of attribute names")
+        clash = [k for k in state if hasattr(Namespace, k)]
+        if clash:
+            self._fail(f"argparse.Namespace attribute {clash[0]!r} is not allowed")
+        ctx.grow(target, [*state, *state.values()])
+        target.__dict__.update(state)
+
+    def _build_ordered_dict(self, target: collections.OrderedDict, state: Any, ctx: Any) -> None:
+        # A state dict's `_metadata` (module versions): checked to be plain attribute data, then dropped.
+        if type(state) is not dict or not all(type(k) is str for k in state):
+            self._fail("OrderedDict state must be a dict of attribute names")
+
+    def _build_dtype(self, target: np.dtype, state: Any, ctx: Any) -> None:
+        # numpy pickles dtypes as dtype(name) + BUILD(state); only the genuine state of that exact
+        # dtype is accepted, and it is not applied (the dtype is already complete).
+        if not any(target is d for d in self._scalar_dtypes) or state != target.__reduce__()[2]:
+            self._fail(f"refusing a numpy dtype state that changes {target.name}")
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, Any]:
@@ -324,17 +330,20 @@ def read_pth(path: str | os.PathLike) -> dict[str, Any]:
         path: the `.pth` file.
 
     Returns:
-        The checkpoint's top-level dict with tensors as owned, C-contiguous numpy arrays in their
-        stored dtype (float32 for every official file; bfloat16 as `ml_dtypes.bfloat16`),
-        `OrderedDict`s kept, and `argparse.Namespace` rebuilt as `torch_pickle.Namespace`
+        The checkpoint's top-level dict with tensors as read-only numpy arrays in their stored dtype
+        (float32 for every official file; bfloat16 as `ml_dtypes.bfloat16`): each is a view of its
+        storage's one buffer (names sharing a storage share memory; nothing is copied per view).
+        `OrderedDict`s are kept, and `argparse.Namespace` is rebuilt as `torch_pickle.Namespace`
         (an attribute bag with `to_dict()`). For the official files: `{'model': OrderedDict[str,
         ndarray], 'args': Namespace(model=<constructor string>, ...)}` (DUSt3R, MASt3R, CroCo
         pretraining runs), `{'model', 'croco_kwargs': dict}` (CroCo v2 releases) or `{'model'}`
-        (CroCo v1 release). Shared tensors come back as equal, separate arrays under each name.
+        (CroCo v1 release).
 
     Raises:
         CheckpointError: the file is missing, empty, truncated, not a torch zip, its pickle names a
-            global outside the allow-list (nothing is executed), or a data record is missing/short.
+            global outside the allow-list (nothing is executed), it is malformed or hostile in any way
+            (out-of-bounds tensor, forbidden dtype or state, zip bomb, duplicate records, too deep or
+            too large), or a data record is missing/short/corrupt.
     """
     path, size, head = read_file_head(path, 64)
     if not head.startswith(b"PK"):
@@ -343,38 +352,37 @@ def read_pth(path: str | os.PathLike) -> dict[str, Any]:
             path, f"not a PyTorch checkpoint: this is {what}" if what else "not a PyTorch checkpoint (not a zip archive)"
         )
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(
-            path, f"truncated or corrupt zip archive ({e}); {size} bytes on disk - re-download the file"
-        ) from None
-    with zf:
-        names = zf.namelist()
+        obj = _read_zip(path, size)
+    except CheckpointError:
+        raise
+    except Exception as e:  # belt and braces: nothing but CheckpointError leaves the reader
+        msg = str(e)[:200]
+        raise CheckpointError(path, f"unreadable checkpoint ({type(e).__name__}: {msg})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, f"the checkpoint holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _read_zip(path: Path, size: int) -> Any:
+    with ZipRecords(path, size) as records:
+        names = records.names
         pkls = [n for n in names if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
         if len(pkls) != 1:
             what = "no data.pkl record" if not pkls else f"{len(pkls)} data.pkl records"
             raise CheckpointError(path, f"zip archive is not a torch.save checkpoint: {what}")
         prefix = pkls[0][: -len("data.pkl")]
         big_endian = False
-        if f"{prefix}byteorder" in names:
-            order = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+        if records.size_of(f"{prefix}byteorder") is not None:
+            order = records.read_bytes(f"{prefix}byteorder", 16).decode("ascii", "replace").strip()
             if order not in ("little", "big"):
                 raise CheckpointError(path, f"unknown byteorder record {order!r}")
             big_endian = order == "big"
-        try:
-            data = zf.read(pkls[0])
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(path, f"data.pkl cannot be read ({e}): file corrupt or truncated") from None
-        records = _Records(path, zf, prefix, big_endian)
-        unpickler = _RestrictedUnpickler(io.BytesIO(data), source=path, records=records)
-        try:
-            obj = unpickler.load()
-        except CheckpointError:
-            raise
-        except RecursionError:
-            raise CheckpointError(path, "data.pkl is nested too deeply") from None
-        except Exception as e:  # malformed pickle stream: one clear line, no deep traceback
-            raise CheckpointError(path, f"data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(path, f"the checkpoint holds a {type(obj).__name__}, expected a dict")
-    return obj
+        data = records.read_bytes(pkls[0], MAX_DATA_PKL_BYTES)
+        loader = _Loader(path, records, prefix, big_endian)
+        return unpickle(
+            data,
+            source=path,
+            resolve_global=loader.resolve,
+            persistent_load=loader.persistent_load,
+            builders=loader.builders,
+        )

@@ -26,6 +26,7 @@ __all__ = [
     "CONSTRUCTOR_DEFAULTS",
     "ConstructorError",
     "checkpoint_constructor",
+    "f3d_config_constructor",
     "format_constructor",
     "hf_config_constructor",
     "official_load_model_rewrite",
@@ -390,6 +391,42 @@ def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tupl
         else:
             name = "AsymmetricCroCo3DStereo"
         validate_kwargs(name, kwargs, what="config.json")
+        return name, kwargs
+    except ConstructorError as e:
+        if source is None:
+            raise
+        raise CheckpointError(source, e.problem) from None
+
+
+F3D_FORMAT = 1  # version of the `f3d_model.json` written by `save_model`
+
+
+def f3d_config_constructor(meta: Any, source: Any = None) -> tuple[str, dict[str, Any]]:
+    """Class and kwargs of an `f3d_model.json` written by `save_model`.
+
+    Expects `{"class": <official class name>, "kwargs": {...all constructor arguments...},
+    "format": 1}`; the kwargs are validated like any other constructor's.
+
+    Raises:
+        CheckpointError: another layout or format, an unknown class, or bad kwargs (naming `source`).
+    """
+    try:
+        if not isinstance(meta, Mapping):
+            raise ConstructorError("f3d_model.json", f"expected a JSON object, got {type(meta).__name__}")
+        keys = set(meta)
+        if keys != {"class", "kwargs", "format"}:
+            raise ConstructorError("f3d_model.json", "expected exactly the keys 'class', 'kwargs' and 'format', got "
+                                   + ", ".join(brief(k) for k in list(meta)[:10]))
+        fmt = meta["format"]
+        if type(fmt) is not int or fmt != F3D_FORMAT:
+            raise ConstructorError("f3d_model.json", f"unsupported format {brief(fmt)} (this version reads {F3D_FORMAT})")
+        name, kw = meta["class"], meta["kwargs"]
+        if not isinstance(name, str) or name not in CONSTRUCTOR_DEFAULTS:
+            raise ConstructorError("f3d_model.json", f"unknown class {brief(name)} (known: {', '.join(CLASS_NAMES)})")
+        if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
+            raise ConstructorError("f3d_model.json", "'kwargs' should be an object of keyword arguments")
+        kwargs = {k: _plain(v, "f3d_model.json", k) for k, v in kw.items()}
+        validate_kwargs(name, kwargs, what="f3d_model.json")
         return name, kwargs
     except ConstructorError as e:
         if source is None:

@@ -62,7 +62,9 @@ def brief(v: Any, limit: int = 60) -> str:
         return repr(v[:limit]) + f"... ({len(v)} characters)"
     if isinstance(v, tuple | list):
         inner = ", ".join(brief(e, limit) for e in v[:8]) + (", ..." if len(v) > 8 else "")
-        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+        if isinstance(v, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
     if isinstance(v, str | int | float | bool | type(None)):
         return repr(v)
     return f"<{type(v).__name__}>"

@@ -218,6 +218,8 @@ def _read_orbax_metadata(path: Path) -> dict[str, Any]:
         tree = getattr(tree, "tree", tree)
     except Exception as e:  # orbax / tensorstore / json errors
         raise CheckpointError(params_dir, f"unreadable orbax metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(tree, Mapping) or not tree:  # orbax logs a warning and returns None on a bad file
+        raise CheckpointError(params_dir, "unreadable orbax metadata (no params tree)")
     return _flat_tree(tree, params_dir)
 
 
@@ -229,7 +231,8 @@ def _leaf_problem(leaf: Any, expected: jax.ShapeDtypeStruct) -> str | None:
         floating = False
     if isinstance(shape, tuple | list) and tuple(shape) == tuple(expected.shape) and floating:
         return None
-    return f"stored {brief(shape)} {brief(str(dt))}, model expects {tuple(expected.shape)} floating"
+    shown = tuple(shape) if isinstance(shape, tuple | list) else brief(shape)
+    return f"stored {shown} {brief(str(dt), 20)[1:-1]}, model expects {tuple(expected.shape)} floating"
 
 
 def _orbax_problems(config: CroCoConfig, stored: Mapping[str, Any], target: Any) -> list[str]:

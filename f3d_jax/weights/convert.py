@@ -163,6 +163,36 @@ def structure_problems(config: CroCoConfig, shapes: Mapping[str, tuple[int, ...]
     return problems
 
 
+def reduced_config(config: CroCoConfig) -> CroCoConfig:
+    """The config with the fewest blocks that has every distinct parameter shape of `config`.
+
+    All blocks of a stack have the same shapes, and the heads' shapes do not depend on the depth,
+    so one encoder block and one decoder block (10 for the DPT heads, which need dec_depth > 9)
+    cover them. Building it abstractly is cheap whatever the claimed depth.
+    """
+    dec = 10 if getattr(config, "head_type", "linear") != "linear" else 1
+    return config.replace(enc_depth=1, dec_depth=min(config.dec_depth, dec))
+
+
+def canonical_block_key(key: str) -> str:
+    """`enc_blocks.7.attn.qkv.weight` -> `enc_blocks.0.attn.qkv.weight` (same for the decoders)."""
+    return _BLOCK.sub(lambda m: f"{m.group(1)}.0.", key, count=1)
+
+
+def sample_shape_problems(reduced_shapes: Mapping[str, tuple[int, ...]],
+                          shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Shapes of `shapes` (checkpoint key -> shape) that differ from those of the reduced model
+    (`reduced_config`; every block compared with block 0). Unknown keys are left to the full check."""
+    problems = []
+    for key, shape in shapes.items():
+        if not isinstance(key, str):
+            continue
+        want = reduced_shapes.get(canonical_block_key(key))
+        if want is not None and tuple(shape) != tuple(want):
+            problems.append(f"{key}: checkpoint {tuple(shape)}, model expects {tuple(want)}")
+    return problems
+
+
 def _is_float_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) and jnp.issubdtype(value.dtype, jnp.floating)
 
@@ -188,18 +218,26 @@ def _key_text(key: Any) -> str:
 def check_state_dict(config: CroCoConfig, state_dict: Mapping[str, Any], source: Any = None) -> None:
     """Checks every key, shape and dtype of an official state dict against a config, converting nothing.
 
-    First the cheap `structure_problems`, then the full comparison with the shapes of the abstract
+    First the cheap `structure_problems`, then every shape against the reduced model
+    (`sample_shape_problems`), then the full comparison with the shapes of the abstract
     model (`expected_torch_shapes`: no allocation). Values must be floating-point numpy arrays.
 
     Raises:
-      CheckpointError: listing every missing, unexpected and mis-shaped key at once.
+      CheckpointError: listing every missing, unexpected and mis-shaped key at once (or, when the
+        block counts or the sampled shapes already differ, those).
     """
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(source, f"the state dict should be a mapping, got {type(state_dict).__name__}")
-    quick = structure_problems(config, {k: getattr(v, "shape", ()) for k, v in state_dict.items()})
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+    quick = structure_problems(config, shapes)
     if quick:
         raise CheckpointError(source, f"checkpoint does not match {config.official_class} ({_short(config)}):\n  "
                                       + "\n  ".join(quick))
+    # every shape against a model of one block per stack, before the whole model is built
+    # abstractly (a constructor claiming 64 blocks of width 8192 with tiny tensors stops here)
+    sampled = sample_shape_problems(expected_torch_shapes(reduced_config(config)), shapes)
+    if sampled:
+        raise _mismatch_error(config, source, [], [], sampled)
     want = expected_torch_shapes(config)
     unexpected, misshaped = [], []
     for key, value in state_dict.items():

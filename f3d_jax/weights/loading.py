@@ -27,12 +27,19 @@ import jax.numpy as jnp
 from f3d_jax.io.atomic import readable_path, replace_dir
 from f3d_jax.models.config import CroCoConfig, DUSt3RConfig, brief, config_from_official
 from f3d_jax.models.model import Model, abstract_params
-from f3d_jax.weights.convert import _short, cast_params, convert_state_dict, structure_problems
+from f3d_jax.weights.convert import (
+    _short,
+    cast_params,
+    convert_state_dict,
+    reduced_config,
+    sample_shape_problems,
+    structure_problems,
+)
 from f3d_jax.weights.errors import CheckpointError
 
 F3D_CONFIG = "f3d_model.json"  # marks an orbax directory written by `save_model`
 _PARAMS_DIR = "params"
-_F3D_CONFIG_MAX_BYTES = 64 << 10  # the file is about 1 kB
+_F3D_CONFIG_MAX_BYTES = 64 << 10  # f3d_model.json / config.json: about 1 kB
 _ORBAX_METADATA_MAX_BYTES = 16 << 20  # orbax's `_METADATA` tree: about 100 bytes per tensor
 _MAX_TREE_DEPTH = 16
 
@@ -109,11 +116,16 @@ def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cach
         return _load_orbax(path.absolute(), landscape_only, dtype)
     if path.is_dir():
         from f3d_jax.weights.constructor import hf_config_constructor
+        from f3d_jax.weights.json_file import read_json_bounded
         from f3d_jax.weights.safetensors_io import read_hf_folder
 
+        cfg_path = path / "config.json"
+        if cfg_path.is_file():  # validated before any weight file is opened
+            class_name, kwargs = hf_config_constructor(read_json_bounded(cfg_path, _F3D_CONFIG_MAX_BYTES), cfg_path)
+            _config(class_name, kwargs, cfg_path)
         config_json, state_dict = read_hf_folder(path)
-        class_name, kwargs = hf_config_constructor(config_json, path / "config.json")
-        config = _orientation(_config(class_name, kwargs, path), landscape_only)
+        class_name, kwargs = hf_config_constructor(config_json, cfg_path)
+        config = _orientation(_config(class_name, kwargs, cfg_path), landscape_only)
         return Model(config, convert_state_dict(config, state_dict, path, dtype))
     if path.is_file():
         from f3d_jax.weights.constructor import checkpoint_constructor
@@ -264,7 +276,14 @@ def _load_orbax(path: Path, landscape_only: bool, dtype: Any) -> Model:
     config = _config(class_name, kwargs, meta_path)
     stored = _read_orbax_metadata(path)
     # cheap block-count / width check before building the model abstractly
-    problems = structure_problems(config, {k: getattr(v, "shape", None) or () for k, v in stored.items()})
+    shapes = {k: tuple(getattr(v, "shape", None) or ()) for k, v in stored.items()}
+    problems = structure_problems(config, shapes)
+    if not problems:  # then every shape against a one-block-per-stack model
+        reduced = _flat_tree(abstract_params(reduced_config(config)), "params")
+        sampled = sample_shape_problems({k: tuple(v.shape) for k, v in reduced.items()}, shapes)
+        if sampled:
+            problems = [f"{len(sampled)} mis-shaped param(s): " + "; ".join(sampled[:20])
+                        + (" ..." if len(sampled) > 20 else "")]
     target_dtype = None if dtype is None else jnp.dtype(dtype)
     if not problems:
         target = jax.tree.map(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import time
 import tracemalloc
@@ -266,6 +267,36 @@ def test_hostile_pth_constructor(tmp_path, pth_file, case_meta, constructor, pro
     _assert_refused_fast(bad, problem, max_s=3.0)
 
 
+def test_claimed_huge_model_with_tiny_tensors_is_refused_before_the_full_build(hf_folder):
+    """A valid constructor at the limits (64 + 2 x 64 blocks of width 8192) over a state dict that has
+    every key name but tiny tensors: refused by comparing every block with a one-block model, without
+    building the 192 blocks abstractly (which takes 10+ s)."""
+    from f3d_jax.weights.convert import check_state_dict
+    from f3d_jax.weights.safetensors_io import read_hf_folder
+
+    _, sd = read_hf_folder(hf_folder("dust3r_linear"))
+    block = re.compile(r"^(enc_blocks|dec_blocks2?)\.1\.(.*)$")
+    hostile = {k: v for k, v in sd.items() if not re.match(r"^(enc_blocks|dec_blocks2?)\.", k)}
+    for k, v in sd.items():
+        m = block.match(k)
+        if m:
+            hostile.update({f"{m.group(1)}.{i}.{m.group(2)}": v for i in range(64)})
+    hostile["enc_norm.weight"] = hostile["dec_norm.weight"] = np.zeros(8192, np.float32)
+    config = config_from_official("AsymmetricCroCo3DStereo", dict(
+        pos_embed="RoPE100", enc_embed_dim=8192, enc_depth=64, enc_num_heads=128, dec_embed_dim=8192,
+        dec_depth=64, dec_num_heads=128, landscape_only=False))
+    t = time.perf_counter()
+    with pytest.raises(CheckpointError) as e:
+        check_state_dict(config, hostile, "h.pth")
+    assert time.perf_counter() - t < 5
+    msg = str(e.value)
+    assert msg.startswith("h.pth: checkpoint does not match AsymmetricCroCo3DStereo (enc_embed_dim=8192, enc_depth=64")
+    # every key is mis-shaped, every block's included, but the two norms set to 8192 and the two
+    # linear heads' biases (4 * 16 * 16 outputs whatever the width)
+    assert f"{len(hostile) - 4} mis-shaped key(s)" in msg and len(hostile) > 3000
+    assert "decoder_embed.weight: checkpoint (48, 64), model expects (8192, 8192)" in msg
+
+
 def test_hostile_croco_kwargs(tmp_path, pth_file):
     bad = _rewrite_pkl(pth_file("croco_v2"), tmp_path / "v2.pth", b"RoPE100", b"RoPEnan")
     _assert_refused_fast(bad, "pos_embed='RoPEnan' should be 'cosine' or 'RoPE<frequency>'")
@@ -401,7 +432,7 @@ def _meta(saved: Path) -> dict:
         (lambda m: {**m, "kwargs": {**m["kwargs"], "enc_depth": 2}}, "enc_blocks: the constructor says 2 block(s)"),
         (lambda m: {**m, "kwargs": {**m["kwargs"], "enc_embed_dim": 32}}, "enc_norm: the constructor says width 32"),
         (lambda m: {**m, "kwargs": {**m["kwargs"], "patch_size": 4}},
-         "patch_embed.proj.kernel: stored (8, 8, 3, 16) float32, model expects (4, 4, 3, 16)"),
+         "patch_embed.proj.kernel: checkpoint (8, 8, 3, 16), model expects (4, 4, 3, 16)"),
     ],
 )
 def test_hostile_f3d_model_json(tmp_path, saved_tiny, edit, problem):

@@ -31,6 +31,7 @@ from f3d_jax.weights.convert import (
     _short,
     cast_params,
     convert_state_dict,
+    needs_sampled_check,
     reduced_config,
     sample_shape_problems,
     structure_problems,
@@ -278,7 +279,7 @@ def _load_orbax(path: Path, landscape_only: bool, dtype: Any) -> Model:
     # cheap block-count / width check before building the model abstractly
     shapes = {k: tuple(getattr(v, "shape", None) or ()) for k, v in stored.items()}
     problems = structure_problems(config, shapes)
-    if not problems:  # then every shape against a one-block-per-stack model
+    if not problems and needs_sampled_check(config):  # every shape against a one-block-per-stack model
         reduced = _flat_tree(abstract_params(reduced_config(config)), "params")
         sampled = sample_shape_problems({k: tuple(v.shape) for k, v in reduced.items()}, shapes)
         if sampled:

@@ -432,12 +432,26 @@ def _meta(saved: Path) -> dict:
         (lambda m: {**m, "kwargs": {**m["kwargs"], "enc_depth": 2}}, "enc_blocks: the constructor says 2 block(s)"),
         (lambda m: {**m, "kwargs": {**m["kwargs"], "enc_embed_dim": 32}}, "enc_norm: the constructor says width 32"),
         (lambda m: {**m, "kwargs": {**m["kwargs"], "patch_size": 4}},
-         "patch_embed.proj.kernel: checkpoint (8, 8, 3, 16), model expects (4, 4, 3, 16)"),
+         "patch_embed.proj.kernel: stored (8, 8, 3, 16) float32, model expects (4, 4, 3, 16) floating"),
     ],
 )
 def test_hostile_f3d_model_json(tmp_path, saved_tiny, edit, problem):
     dst = _orbax_copy(saved_tiny, tmp_path, json.dumps(edit(_meta(saved_tiny))))
     _assert_refused_fast(dst, problem)
+
+
+def test_orbax_shapes_sampled_on_a_one_block_model(tmp_path, saved_tiny, monkeypatch):
+    """Above 64 blocks the stored shapes are first compared with a one-block-per-stack model; the
+    threshold set to 0 runs that path on the tiny model."""
+    import f3d_jax.weights.convert as convert
+
+    monkeypatch.setattr(convert, "_SAMPLE_ABOVE_BLOCKS", 0)
+    meta = _meta(saved_tiny)
+    dst = _orbax_copy(saved_tiny, tmp_path, json.dumps({**meta, "kwargs": {**meta["kwargs"], "patch_size": 4}}))
+    _assert_refused_fast(dst, "3 mis-shaped param(s): ")
+    _assert_refused_fast(dst, "patch_embed.proj.kernel: checkpoint (8, 8, 3, 16), model expects (4, 4, 3, 16)")
+    back = f3d_jax.load_model(saved_tiny)  # and a matching checkpoint passes it
+    assert back.config == TINY
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,6 +71,35 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
         pass
 
 
+def _temp_sibling(dst: Path) -> Path:
+    return dst.with_name(f"{temp_prefix(dst)}{uuid.uuid4().hex[:12]}")
+
+
+def _make_temp_dir(dst: Path) -> Path:
+    """A new empty temporary sibling directory of `dst`, with the permissions of any new directory
+    (0o777 less the umask; `tempfile.mkdtemp` would make it private)."""
+    for _ in range(100):
+        path = _temp_sibling(dst)
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{dst}: no free temporary name")
+
+
+def _make_temp_file(dst: Path) -> tuple[int, Path]:
+    """(fd, path) of a new temporary sibling file of `dst`, 0o666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = _temp_sibling(dst)
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{dst}: no free temporary name")
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """`open(path, mode)` for writing, atomically: the file appears complete when the block ends.
@@ -84,7 +112,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
     On an exception inside the block the temporary file is removed and `path` is untouched.
     """
     path = _abs(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    fd, tmp = _make_temp_file(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -106,7 +134,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def _discard(path: Path, dst: Path) -> None:
     """Deletes `path`, first renaming it to a temporary sibling of `dst` unless it has such a name."""
     if not path.name.startswith(temp_prefix(dst)):
-        trash = path.with_name(f"{temp_prefix(dst)}trash-{uuid.uuid4().hex[:12]}")
+        trash = _temp_sibling(dst)
         os.replace(path, trash)
         path = trash
     if path.is_dir() and not path.is_symlink():
@@ -159,7 +187,7 @@ def replace_dir(dst: str | os.PathLike, fill: Callable[[Path], None], *, overwri
     recover(dst)
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise FileExistsError(f"{dst}: already exists (pass overwrite=True to replace it)")
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dst), dir=dst.parent))
+    tmp = _make_temp_dir(dst)
     try:
         fill(tmp)
     except BaseException:

@@ -61,14 +61,12 @@ class _Proxy:
         return self._overrides.get(name) or getattr(self._module, name)
 
 
-_OS_STEPS = ("replace", "rename", "makedirs", "mkdir", "unlink", "remove", "rmdir", "fsync", "fdopen")
+_OS_STEPS = ("replace", "rename", "makedirs", "mkdir", "open", "unlink", "remove", "rmdir", "fsync", "fdopen")
 
 
 def _install(monkeypatch, faults: _Faults) -> None:
     monkeypatch.setattr(atomic, "os", _Proxy(os, **{n: faults.wrap(f"os.{n}", getattr(os, n)) for n in _OS_STEPS}))
     monkeypatch.setattr(atomic, "shutil", _Proxy(shutil, rmtree=faults.wrap("shutil.rmtree", shutil.rmtree)))
-    monkeypatch.setattr(atomic, "tempfile", _Proxy(tempfile, mkdtemp=faults.wrap("tempfile.mkdtemp", tempfile.mkdtemp),
-                                                   mkstemp=faults.wrap("tempfile.mkstemp", tempfile.mkstemp)))
     monkeypatch.setattr(loading, "_save_params", faults.wrap("orbax save", loading._save_params))
 
 
@@ -102,7 +100,7 @@ def test_fault_at_every_step_of_an_overwriting_save(tmp_path, monkeypatch, model
         _install(m, faults)
         f3d_jax.save_model(new, clean / "ckpt", overwrite=True)
     n_steps = len(faults.steps)
-    assert {"orbax save", "tempfile.mkdtemp", "os.replace", "shutil.rmtree"} <= set(faults.steps), faults.steps
+    assert {"orbax save", "os.mkdir", "os.open", "os.replace", "shutil.rmtree"} <= set(faults.steps), faults.steps
     assert n_steps >= 8, faults.steps
     assert _equal(_params_of(f3d_jax.load_model(clean / "ckpt")), want_new)
     assert sorted(p.name for p in clean.iterdir()) == ["ckpt"]
@@ -161,6 +159,9 @@ def test_relative_paths_save_and_load(tmp_path, monkeypatch, models):
     monkeypatch.chdir(tmp_path)
     dst = f3d_jax.save_model(models[0], "out/model")
     assert dst == tmp_path / "out" / "model" and dst.is_absolute()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not the 0o700 of a private temporary dir
     assert _equal(_params_of(f3d_jax.load_model("out/model")), _params_of(models[0]))
     f3d_jax.save_model(models[1], Path("out") / "model", overwrite=True)
     assert _equal(_params_of(f3d_jax.load_model(Path("out/model"))), _params_of(models[1]))
@@ -172,6 +173,9 @@ def test_atomic_file_writes(tmp_path):
     with atomic_open(f) as fh:
         np.savez(fh, x=np.arange(3))
     np.testing.assert_array_equal(np.load(f)["x"], np.arange(3))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert f.stat().st_mode & 0o777 == 0o666 & ~umask  # the permissions of any new file, not 0o600
     with pytest.raises(RuntimeError), atomic_open(f) as fh:  # fails mid-write: the old file stays whole
         fh.write(b"partial")
         raise RuntimeError("interrupted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from f3d_jax.models.config import CroCoConfig
@@ -35,6 +36,17 @@ def random_mask(key: jax.Array, batch: int, num_patches: int, mask_ratio: float)
     return jnp.argsort(noise, axis=1) < num_mask
 
 
+def _sincos_table(dim: int, h: int, w: int) -> jax.Array:
+    """The (h*w, dim) float32 cosine table, computed in float64 numpy as the official code.
+
+    Through `pure_callback` the numpy code only runs when the value is needed: under `eval_shape`
+    (`abstract_module`, used to check a checkpoint's shapes before loading it) the table is a
+    shape, never built, however large the config makes it.
+    """
+    return jax.pure_callback(lambda: sincos_2d(dim, h, w).astype(np.float32),
+                             jax.ShapeDtypeStruct((h * w, dim), jnp.float32))
+
+
 class CroCoNet(nnx.Module):
     """Masked cross-view completion: encoder on the visible tokens of img1 and all of img2, decoder
     that cross-attends from img1's full grid into img2, linear prediction of img1's patches."""
@@ -45,8 +57,8 @@ class CroCoNet(nnx.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.enc_embed_dim, rngs=rngs)
         if rope is None:
             h, w = cfg.img_size[0] // cfg.patch_size, cfg.img_size[1] // cfg.patch_size
-            self.enc_pos_embed = Buffer(jnp.asarray(sincos_2d(cfg.enc_embed_dim, h, w), jnp.float32))
-            self.dec_pos_embed = Buffer(jnp.asarray(sincos_2d(cfg.dec_embed_dim, h, w), jnp.float32))
+            self.enc_pos_embed = Buffer(_sincos_table(cfg.enc_embed_dim, h, w))
+            self.dec_pos_embed = Buffer(_sincos_table(cfg.dec_embed_dim, h, w))
         self.enc_blocks = nnx.List([Block(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio, rope, rngs=rngs)
                                     for _ in range(cfg.enc_depth)])
         self.enc_norm = layer_norm(cfg.enc_embed_dim, rngs)

@@ -3,6 +3,7 @@
 from f3d_jax.weights.constructor import (
     ConstructorError,
     checkpoint_constructor,
+    f3d_config_constructor,
     format_constructor,
     hf_config_constructor,
     official_load_model_rewrite,
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointInfo",
     "ConstructorError",
     "checkpoint_constructor",
+    "f3d_config_constructor",
     "format_constructor",
     "get_checkpoint_info",
     "hf_config_constructor",

@@ -11,10 +11,14 @@ the official `__init__` signatures.
 from __future__ import annotations
 
 import ast
+import io
+import keyword
 import math
+import tokenize
 from collections.abc import Mapping
 from typing import Any
 
+from f3d_jax.models.config import argument_problem, arguments_problem, brief
 from f3d_jax.weights.errors import CheckpointError
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "CONSTRUCTOR_DEFAULTS",
     "ConstructorError",
     "checkpoint_constructor",
+    "f3d_config_constructor",
     "format_constructor",
     "hf_config_constructor",
     "official_load_model_rewrite",
@@ -75,6 +80,22 @@ CLASS_NAMES: tuple[str, ...] = tuple(CONSTRUCTOR_DEFAULTS)
 _INF_STRINGS = {"inf": inf, "+inf": inf, "-inf": -inf, "infinity": inf, "+infinity": inf, "-infinity": -inf}
 _INF_MODULES = {"math", "np", "numpy", "torch"}
 _MAX_LEN = 20_000
+# Bounds checked on the tokens, before `ast.parse`: the parser recurses on nesting and on chains of
+# operators (`-----1`, `1+1+...`, `not not ...`), and Python converts integer literals up to 4,300
+# digits. An official string has 2 levels of brackets, a few `-` and numbers of a few digits.
+_MAX_NESTING = 4
+_MAX_OPERATORS = 256  # operator tokens other than `,` and `=` (brackets, `-`, `.`)
+_MAX_KEYWORDS = 8  # Python keywords (`not`, `lambda`, ...; True/False/None excluded)
+_MAX_NUMBER_CHARS = 32
+_FSTRING_START = getattr(tokenize, "FSTRING_START", -1)  # Python >= 3.12 tokenizes f-strings apart
+# Values from a dict (`croco_kwargs`, `config.json`): at most this deep and this long.
+_MAX_VALUE_DEPTH = 3
+_MAX_VALUE_LEN = 16
+
+
+def _what(s: str) -> str:
+    """`repr` of a constructor string for messages (long ones shortened)."""
+    return repr(s) if len(s) <= 300 else repr(s[:200]) + f"... ({len(s)} characters)"
 
 
 class ConstructorError(CheckpointError):
@@ -93,7 +114,7 @@ def _literal(node: ast.expr, s: str) -> Any:
         v = node.value
         if v is None or isinstance(v, bool | int | float | str):
             return v
-        raise ConstructorError(repr(s), f"unsupported constant {v!r}")
+        raise ConstructorError(_what(s), f"unsupported constant {brief(v)}")
     if isinstance(node, ast.Tuple | ast.List):
         return tuple(_literal(e, s) for e in node.elts)
     if isinstance(node, ast.Name) and node.id == "inf":
@@ -116,8 +137,53 @@ def _literal(node: ast.expr, s: str) -> Any:
         and node.args[0].value.strip().lower() in _INF_STRINGS
     ):
         return _INF_STRINGS[node.args[0].value.strip().lower()]
-    raise ConstructorError(repr(s), f"non-literal value `{ast.unparse(node)}` (only numbers, strings, bools, "
+    text = ast.unparse(node)
+    text = text if len(text) <= 80 else text[:80] + "..."
+    raise ConstructorError(_what(s), f"non-literal value `{text}` (only numbers, strings, bools, "
                            "None, tuples/lists and inf are accepted; nothing is evaluated)")
+
+
+def _check_tokens(s: str) -> None:
+    """Refuses, from the tokens alone, what would make `ast.parse` recurse deeply or convert huge
+    integers: deep nesting, long chains of operators or keywords, long number literals, f-strings
+    (parsed as nested expressions). Linear in the string length."""
+    depth = operators = keywords = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(s).readline):
+            if tok.type == tokenize.NUMBER and len(tok.string) > _MAX_NUMBER_CHARS:
+                raise ConstructorError(_what(s), f"number literal of {len(tok.string)} characters is too long")
+            if tok.type == _FSTRING_START or tok.type == tokenize.STRING and any(c in "fF" for c in tok.string[:tok.string.index(tok.string[-1])]):
+                raise ConstructorError(_what(s), "non-literal value (f-strings are not accepted)")
+            if tok.type == tokenize.NAME and keyword.iskeyword(tok.string) and tok.string not in ("True", "False", "None"):
+                keywords += 1
+                if keywords > _MAX_KEYWORDS:
+                    raise ConstructorError(_what(s), "too many Python keywords (not a constructor call)")
+            if tok.type == tokenize.OP and tok.string not in (",", "="):
+                operators += 1
+                if operators > _MAX_OPERATORS:
+                    raise ConstructorError(_what(s), f"more than {_MAX_OPERATORS} operators and brackets")
+                if tok.string in "([{":
+                    depth += 1
+                    if depth > _MAX_NESTING:
+                        raise ConstructorError(_what(s), f"brackets nested deeper than {_MAX_NESTING} levels")
+                elif tok.string in ")]}":
+                    depth -= 1
+    except (tokenize.TokenError, SyntaxError) as e:  # unterminated string or bracket, bad indent
+        msg = e.args[0] if e.args else type(e).__name__
+        raise ConstructorError(_what(s), f"not valid Python syntax ({msg})") from None
+
+
+def _plain(v: Any, what: str, key: str, depth: int = 0) -> Any:
+    """A value from a dict source as a constructor literal: lists become tuples; nesting, lengths
+    and types are bounded (a deeply nested or huge value is refused, not recursed into)."""
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, list | tuple):
+        if depth >= _MAX_VALUE_DEPTH or len(v) > _MAX_VALUE_LEN:
+            raise ConstructorError(what, f"{key}: a list nested deeper than {_MAX_VALUE_DEPTH} levels or longer "
+                                         f"than {_MAX_VALUE_LEN} items is not a constructor argument")
+        return tuple(_plain(e, what, key, depth + 1) for e in v)
+    raise ConstructorError(what, f"{key}: unsupported value of type {type(v).__name__}")
 
 
 def parse_constructor(s: str, *, validate: bool = True) -> tuple[str, dict[str, Any]]:
@@ -137,89 +203,65 @@ def parse_constructor(s: str, *, validate: bool = True) -> tuple[str, dict[str, 
             repeated or unknown keyword, or a non-literal value.
     """
     if not isinstance(s, str):
-        raise ConstructorError(repr(s), f"expected a string, got {type(s).__name__}")
+        raise ConstructorError(f"<{type(s).__name__}>", f"expected a string, got {type(s).__name__}")
     if len(s) > _MAX_LEN:
-        raise ConstructorError(repr(s[:80] + "..."), f"string of {len(s)} characters is too long")
+        raise ConstructorError(_what(s), f"string of {len(s)} characters is too long")
+    _check_tokens(s.strip())
     try:
         tree = ast.parse(s.strip(), mode="eval")
     except SyntaxError as e:
-        raise ConstructorError(repr(s), f"not valid Python syntax ({e.msg})") from None
+        raise ConstructorError(_what(s), f"not valid Python syntax ({e.msg})") from None
+    except (RecursionError, MemoryError, ValueError):  # not reached after _check_tokens; kept as a net
+        raise ConstructorError(_what(s), "too deeply nested or too large to parse") from None
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-        raise ConstructorError(repr(s), "expected a single call `ClassName(keyword=value, ...)`")
+        raise ConstructorError(_what(s), "expected a single call `ClassName(keyword=value, ...)`")
     name = call.func.id
     if name not in CONSTRUCTOR_DEFAULTS:
-        raise ConstructorError(repr(s), f"unknown class {name!r} (known: {', '.join(CLASS_NAMES)})")
+        raise ConstructorError(_what(s), f"unknown class {brief(name)} (known: {', '.join(CLASS_NAMES)})")
     if call.args:
-        raise ConstructorError(repr(s), "positional arguments are not accepted, only keywords")
+        raise ConstructorError(_what(s), "positional arguments are not accepted, only keywords")
     kwargs: dict[str, Any] = {}
     for kw in call.keywords:
         if kw.arg is None:
-            raise ConstructorError(repr(s), "`**kwargs` expansion is not accepted")
+            raise ConstructorError(_what(s), "`**kwargs` expansion is not accepted")
         if kw.arg in kwargs:
-            raise ConstructorError(repr(s), f"keyword {kw.arg!r} given twice")
+            raise ConstructorError(_what(s), f"keyword {kw.arg!r} given twice")
         kwargs[kw.arg] = _literal(kw.value, s)
     if validate:
-        validate_kwargs(name, kwargs, what=repr(s))
+        validate_kwargs(name, kwargs, what=_what(s))
     return name, kwargs
 
 
 # ---- validation --------------------------------------------------------------------------------
 
-_INT_KEYS = {"patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads"}
-_NUM_KEYS = {"mask_ratio", "mlp_ratio"}
-_BOOL_KEYS = {"norm_im2_in_dec", "landscape_only", "two_confs"}
-_STR_KEYS = {"pos_embed", "output_mode", "head_type", "freeze", "patch_embed_cls", "desc_mode"}
-_MODE_KEYS = {"depth_mode", "conf_mode", "desc_conf_mode"}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _type_problem(key: str, v: Any) -> str | None:
-    if key in _INT_KEYS and not (_is_int(v) and v > 0):
-        return "a positive int"
-    if key in _NUM_KEYS and not _is_num(v):
-        return "a number"
-    if key in _BOOL_KEYS and not isinstance(v, bool):
-        return "a bool"
-    if key in _STR_KEYS and not isinstance(v, str):
-        return "a string"
-    if key == "img_size" and not (_is_int(v) or (isinstance(v, tuple) and len(v) == 2 and all(map(_is_int, v)))):
-        return "an int or a (height, width) pair of ints"
-    if key in _MODE_KEYS and v is not None and not (
-        isinstance(v, tuple) and len(v) == 3 and isinstance(v[0], str) and _is_num(v[1]) and _is_num(v[2])
-    ):
-        return "a (name, min, max) triple or None"
-    return None
-
-
 def validate_kwargs(class_name: str, kwargs: Mapping[str, Any], *, what: str | None = None) -> None:
-    """Checks keyword names and basic types against the official `__init__` of `class_name`.
+    """Checks keyword names and values against the official `__init__` of `class_name`.
+
+    Each value is checked alone (type, range, finiteness, closed set of names:
+    `f3d_jax.models.config.argument_problem`), then all arguments together, defaults included
+    (embedding divisible by heads, image a multiple of the patch: `arguments_problem`).
 
     Raises:
-        ConstructorError: unknown class, unknown keyword(s) (all listed) or a value of the wrong type.
+        ConstructorError: unknown class, unknown keyword(s) (listed), or a bad value.
     """
-    what = what or f"{class_name}(...)"
-    if class_name not in CONSTRUCTOR_DEFAULTS:
-        raise ConstructorError(what, f"unknown class {class_name!r} (known: {', '.join(CLASS_NAMES)})")
+    what = what or f"{brief(class_name)}(...)"
+    if not isinstance(class_name, str) or class_name not in CONSTRUCTOR_DEFAULTS:
+        raise ConstructorError(what, f"unknown class {brief(class_name)} (known: {', '.join(CLASS_NAMES)})")
     allowed = CONSTRUCTOR_DEFAULTS[class_name]
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
+        shown = ", ".join(brief(k) for k in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise ConstructorError(
-            what,
-            f"unknown keyword argument(s) {', '.join(map(repr, unknown))} for {class_name} "
-            f"(accepted: {', '.join(sorted(allowed))})",
+            what, f"unknown keyword argument(s) {shown} for {class_name} (accepted: {', '.join(sorted(allowed))})"
         )
     for k, v in kwargs.items():
-        expected = _type_problem(k, v)
+        expected = argument_problem(k, v)
         if expected:
-            raise ConstructorError(what, f"{k}={v!r} should be {expected}")
+            raise ConstructorError(what, f"{k}={brief(v)} {expected}")
+    problem = arguments_problem({**allowed, **kwargs})
+    if problem:
+        raise ConstructorError(what, problem)
 
 
 def with_defaults(class_name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,10 +324,6 @@ def _get(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _to_tuples(v: Any) -> Any:
-    return tuple(_to_tuples(e) for e in v) if isinstance(v, list | tuple) else v
-
-
 def checkpoint_constructor(ckpt: Mapping[str, Any], source: Any = None) -> tuple[str, dict[str, Any]]:
     """Class and training-time kwargs of a checkpoint read by `read_pth`.
 
@@ -306,8 +344,9 @@ def checkpoint_constructor(ckpt: Mapping[str, Any], source: Any = None) -> tuple
             kw = ckpt["croco_kwargs"]
             if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
                 raise ConstructorError("croco_kwargs", f"expected a dict of keyword arguments, got {type(kw).__name__}")
-            kwargs = {k: _to_tuples(v) for k, v in kw.items()}
-            validate_kwargs("CroCoNet", kwargs, what=f"croco_kwargs {dict(kw)!r}")
+            kwargs = {k: _plain(v, "croco_kwargs", k) for k, v in kw.items()}
+            shown = ", ".join(f"{brief(k)}: {brief(v)}" for k, v in list(kwargs.items())[:20])
+            validate_kwargs("CroCoNet", kwargs, what=f"croco_kwargs {{{shown}}}")
             return "CroCoNet", kwargs
         args = ckpt.get("args")
         model_str = _get(args, "model") if args is not None else None
@@ -342,7 +381,9 @@ def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tupl
     try:
         if not isinstance(config, Mapping):
             raise ConstructorError("config.json", f"expected a JSON object, got {type(config).__name__}")
-        kwargs = {k: _to_tuples(v) for k, v in config.items()}
+        if not all(isinstance(k, str) for k in config):
+            raise ConstructorError("config.json", "every key should be a string")
+        kwargs = {k: _plain(v, "config.json", k) for k, v in config.items()}
         mast3r_keys = {"desc_mode", "two_confs", "desc_conf_mode"}
         head = kwargs.get("head_type")
         if mast3r_keys & kwargs.keys() or (isinstance(head, str) and head.startswith("catmlp")):
@@ -350,6 +391,42 @@ def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tupl
         else:
             name = "AsymmetricCroCo3DStereo"
         validate_kwargs(name, kwargs, what="config.json")
+        return name, kwargs
+    except ConstructorError as e:
+        if source is None:
+            raise
+        raise CheckpointError(source, e.problem) from None
+
+
+F3D_FORMAT = 1  # version of the `f3d_model.json` written by `save_model`
+
+
+def f3d_config_constructor(meta: Any, source: Any = None) -> tuple[str, dict[str, Any]]:
+    """Class and kwargs of an `f3d_model.json` written by `save_model`.
+
+    Expects `{"class": <official class name>, "kwargs": {...all constructor arguments...},
+    "format": 1}`; the kwargs are validated like any other constructor's.
+
+    Raises:
+        CheckpointError: another layout or format, an unknown class, or bad kwargs (naming `source`).
+    """
+    try:
+        if not isinstance(meta, Mapping):
+            raise ConstructorError("f3d_model.json", f"expected a JSON object, got {type(meta).__name__}")
+        keys = set(meta)
+        if keys != {"class", "kwargs", "format"}:
+            raise ConstructorError("f3d_model.json", "expected exactly the keys 'class', 'kwargs' and 'format', got "
+                                   + ", ".join(brief(k) for k in list(meta)[:10]))
+        fmt = meta["format"]
+        if type(fmt) is not int or fmt != F3D_FORMAT:
+            raise ConstructorError("f3d_model.json", f"unsupported format {brief(fmt)} (this version reads {F3D_FORMAT})")
+        name, kw = meta["class"], meta["kwargs"]
+        if not isinstance(name, str) or name not in CONSTRUCTOR_DEFAULTS:
+            raise ConstructorError("f3d_model.json", f"unknown class {brief(name)} (known: {', '.join(CLASS_NAMES)})")
+        if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
+            raise ConstructorError("f3d_model.json", "'kwargs' should be an object of keyword arguments")
+        kwargs = {k: _plain(v, "f3d_model.json", k) for k, v in kw.items()}
+        validate_kwargs(name, kwargs, what="f3d_model.json")
         return name, kwargs
     except ConstructorError as e:
         if source is None:

@@ -85,7 +85,7 @@ def test_strict_loading_lists_every_problem(tmp_path, linear_sd):
 def test_wrong_config_is_a_clear_error(tmp_path, linear_sd):
     config_json, sd = linear_sd
     folder = _write_hf(tmp_path / "cfg", {**config_json, "dec_depth": 3}, sd)
-    with pytest.raises(CheckpointError, match="missing key"):
+    with pytest.raises(CheckpointError, match=r"dec_blocks: the constructor says 3 block\(s\), the checkpoint has 2"):
         f3d_jax.load_model(folder)
     folder = _write_hf(tmp_path / "cfg2", {**config_json, "head_type": "conv"}, sd)
     with pytest.raises(CheckpointError, match="head_type"):

@@ -1,7 +1,7 @@
 """Benchmark of the dense global alignment (issue 4): speed, peak memory and XLA memory analysis.
 
 For each configuration (N = 4, 8, 12, 16 on 'complete' and 'swin-3' graphs at 160x112, plus one 512x384
-case) a FRESH subprocess generates a synthetic room scene (experiments/synthetic.py, 'moderate' noise),
+case) a FRESH subprocess generates a synthetic room scene (f3d_jax/eval/synthetic.py, 'moderate' noise),
 runs the MST initialisation and the jitted optimisation loop, and reports: init time, compile time,
 per-iteration time, µs per edge-pixel-iteration, peak RSS of the init, and peak RSS of the optimisation
 (device copies of the inputs + the loop, compilation excluded) above the baseline, with bytes per edge-pixel. With F3D_REFERENCE_ROOT
@@ -44,7 +44,7 @@ ISSUE_BASELINE_BYTES = (150, 250)  # official peak memory per edge-pixel
 def make_edges(n: int, graph: str) -> list[tuple[int, int]]:
     """Symmetrised pair list in the official `make_pairs` order ('complete' or cyclic 'swin-k')."""
     sys.path.insert(0, str(REPO))
-    from experiments.synthetic import make_edges as edges_array
+    from f3d_jax.eval.synthetic import make_edges as edges_array
 
     return [tuple(map(int, e)) for e in edges_array(n, graph)]
 
@@ -99,7 +99,7 @@ def write_inputs(path: str, n: int, graph: str, H: int, W: int, seed: int) -> No
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from experiments.synthetic import make_predictions, make_scene
+    from f3d_jax.eval.synthetic import make_predictions, make_scene
 
     scene = make_scene(n, H, W, seed=seed)
     edges = np.array(make_edges(n, graph), np.int32)
@@ -116,8 +116,9 @@ def worker_jax(inputs: str, niter: int, threads: int) -> dict:
     data = dict(np.load(inputs))
     import jax
 
-    from f3d_jax.align import dense
-    from f3d_jax.align.init import init_mst
+    from f3d_jax.align import core, problem as problem_lib
+    from f3d_jax.align.config import DenseConfig
+    from f3d_jax.align.initialise import initialise_mst
 
     import gc
 
@@ -128,16 +129,16 @@ def worker_jax(inputs: str, niter: int, threads: int) -> dict:
     base = rss_now_mb()
     reset_peak()
     t0 = time.perf_counter()
-    st = init_mst(edges, *args, 3.0)
+    st = initialise_mst(edges, *args, 3.0)
     t_init = time.perf_counter() - t0
     init_mb = rss_peak_mb() - base
-    config = dense.DenseConfig(niter=niter)
-    fn = jax.jit(dense.align_dense, static_argnames="config")
+    config = DenseConfig(niter=niter)
+    fn = jax.jit(core.align_dense, static_argnames="config")
 
     def build():
-        problem = dense.make_problem(edges, data["pred1_pts3d"], data["pred2_pts3d"], data["pred1_conf"],
-                                     data["pred2_conf"])
-        return problem, dense.state_from(st, n, E, (H, W))
+        problem = problem_lib.make_problem(edges, data["pred1_pts3d"], data["pred2_pts3d"], data["pred1_conf"],
+                                           data["pred2_conf"])
+        return problem, problem_lib.as_align_state(st, n, E, (H, W))
 
     problem, state = build()
     t0 = time.perf_counter()
@@ -226,7 +227,9 @@ def memory_analysis(n: int, H: int, W: int, niter: int, storage: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from f3d_jax.align import dense
+    from f3d_jax.align import core
+    from f3d_jax.align.config import DenseConfig
+    from f3d_jax.align.types import AlignState, DenseProblem
 
     E = n * (n - 1)
     sds = jax.ShapeDtypeStruct
@@ -237,17 +240,17 @@ def memory_analysis(n: int, H: int, W: int, niter: int, storage: str) -> dict:
                   preset_cam2world=((n, 4, 4), jnp.float32), pose_known=((n,), jnp.bool_),
                   preset_focals=((n,), jnp.float32), focal_known=((n,), jnp.bool_),
                   preset_pp=((n, 2), jnp.float32), pp_known=((n,), jnp.bool_))
-    fields = [f.name for f in dataclasses.fields(dense.DenseProblem)]
+    fields = [f.name for f in dataclasses.fields(DenseProblem)]
     missing = [f for f in fields if f not in shapes]
     if missing:
         raise RuntimeError(f"DenseProblem has fields this bench does not know: {missing}")
-    problem = dense.DenseProblem(**{f: sds(*shapes[f]) for f in fields})
+    problem = DenseProblem(**{f: sds(*shapes[f]) for f in fields})
     st_shapes = dict(cam2world=(n, 4, 4), focals=(n,), principal_points=(n, 2), depthmaps=(n, H, W),
                      pw_poses=(E, 4, 4), pw_scales=(E,))
-    state = dense.AlignState(**{f.name: sds(st_shapes[f.name], jnp.float32) for f in dataclasses.fields(dense.AlignState)})
-    config = dense.DenseConfig(niter=niter, storage_dtype=storage)
+    state = AlignState(**{f.name: sds(st_shapes[f.name], jnp.float32) for f in dataclasses.fields(AlignState)})
+    config = DenseConfig(niter=niter, storage_dtype=storage)
     t0 = time.perf_counter()
-    compiled = jax.jit(dense.align_dense, static_argnames="config").lower(problem, state, config=config).compile()
+    compiled = jax.jit(core.align_dense, static_argnames="config").lower(problem, state, config=config).compile()
     ma = compiled.memory_analysis()
     keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
             "generated_code_size_in_bytes")

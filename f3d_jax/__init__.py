@@ -25,7 +25,8 @@ _LAZY = {
     "infer_scene": "f3d_jax.infer.scene",
     "CheckpointError": "f3d_jax.weights.errors",
     "global_align": "f3d_jax.align.dense",
-    "Scene": "f3d_jax.align.dense",
+    "AlignResult": "f3d_jax.align.types",
+    "Scene": "f3d_jax.align.types",  # deprecated alias of AlignResult
     "list_checkpoints": "f3d_jax.weights.registry",
     "get_checkpoint_info": "f3d_jax.weights.registry",
 }

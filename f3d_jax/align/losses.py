@@ -42,12 +42,6 @@ def conf_transform(conf: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f"conf must be one of {CONF_MODES}, got {mode!r}")
 
 
-def _safe_norm(sq: jax.Array) -> jax.Array:
-    # sqrt with a zero (sub)gradient at 0 like torch.norm, instead of NaN
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
-
 def robust_kernel_and_slope(d: jax.Array, kind: str | None, scale: float) -> tuple[jax.Array, jax.Array]:
     """(rho(d), rho'(d)) for a non-negative distance d (the 'l1' norm or the 'l2' squared norm).
 
@@ -71,18 +65,16 @@ def robust_kernel_and_slope(d: jax.Array, kind: str | None, scale: float) -> tup
     raise ValueError(f"robust must be one of {ROBUST}, got {kind!r}")
 
 
-def robust_kernel(d: jax.Array, kind: str | None, scale: float) -> jax.Array:
-    """rho(d) of `robust_kernel_and_slope`."""
-    return robust_kernel_and_slope(d, kind, scale)[0]
+def apply_3x3(M: jax.Array, pts: jax.Array, *, transpose: bool = False) -> jax.Array:
+    """(..., 3, 3) matrices (or their transposes) applied to (..., 3, P) planar points -> (..., 3, P).
 
-
-def apply_3x3(M: jax.Array, pts: jax.Array) -> jax.Array:
-    """(..., 3, 3) matrices applied to (..., 3, P) points -> (..., 3, P), as explicit multiply-adds.
-
+    out[a] = sum_b M[a, b] pts[b] (M^T: sum_b M[b, a] pts[b]), as explicit multiply-adds over whole planes.
     Deliberately not an einsum: XLA:CPU (jax 0.10.2) miscompiles a batched dot whose operand is a fused
     (E, P, 3) -> (E, 3, P) transpose (errors ~1e-3 relative on this loss, whatever the matmul precision), and a
     3x3 'dot' gains nothing over fused multiply-adds anyway.
     """
+    if transpose:
+        M = jnp.swapaxes(M, -1, -2)
     return (
         M[..., :, 0, None] * pts[..., None, 0, :]
         + M[..., :, 1, None] * pts[..., None, 1, :]
@@ -94,11 +86,8 @@ def _residuals(cam: jax.Array, t: jax.Array, M: jax.Array, pred: jax.Array, idx:
     """Residuals (E, 3, P) float32 in camera idx[e]'s frame: cam[idx] + t - M pred.
 
     cam: (N, 3, P); t: (E, 3); M: (E, 3, 3); pred: (E, 3, P) planar (any float dtype, math in float32).
-    The 3x3 product is written as multiply-adds over whole planes (see `apply_3x3`).
     """
-    p = pred.astype(jnp.float32)
-    Mp = M[:, :, 0, None] * p[:, None, 0] + M[:, :, 1, None] * p[:, None, 1] + M[:, :, 2, None] * p[:, None, 2]
-    return cam[idx] + t[:, :, None] - Mp
+    return cam[idx] + t[:, :, None] - apply_3x3(M, pred.astype(jnp.float32))
 
 
 def pixel_weights(conf: jax.Array, keep: jax.Array, edge_w: jax.Array, idx: jax.Array, mode: str) -> jax.Array:
@@ -205,8 +194,7 @@ def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: s
     def bwd(res, ct):
         g_cam, g_t, g_M, cam, t, M, pred, conf, keep, ew, idx = res
         _, rho, g = pieces(cam, t, M, pred, conf, keep, ew, idx)
-        g_pred = -(M[:, 0, :, None] * g[:, 0, None] + M[:, 1, :, None] * g[:, 1, None]
-                   + M[:, 2, :, None] * g[:, 2, None])  # M^T g: (E, 3, P)
+        g_pred = -apply_3x3(M, g, transpose=True)  # M^T g: (E, 3, P)
         _, w_vjp = jax.vjp(lambda c_, k_, e_: pixel_weights(c_, k_, e_, idx, conf_mode), conf, keep, ew)
         g_conf, g_keep, g_ew = w_vjp(ct * rho)
         return (ct * g_cam, ct * g_t, ct * g_M, (ct * g_pred).astype(pred.dtype), g_conf.astype(conf.dtype),

@@ -13,7 +13,7 @@ from typing import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from f3d_jax.align.dense import AlignState, Scene
+from f3d_jax.align.types import AlignResult, AlignState
 from f3d_jax.geometry.focal import estimate_focal_weiszfeld
 from f3d_jax.geometry.pnp import pnp_ransac
 
@@ -21,17 +21,17 @@ PNP_ITERS = 100  # PairViewer's RANSAC iterations (the GA init uses 10)
 PNP_REPROJ_PX = 5.0
 
 
-def pair_viewer(data: Mapping[str, np.ndarray], min_conf_thr: float = 3.0) -> Scene:
-    """PairViewer on parsed `inference` arrays (see `dense.parse_output`).
+def pair_viewer(data: Mapping[str, np.ndarray], min_conf_thr: float = 3.0) -> AlignResult:
+    """PairViewer on parsed `inference` arrays (see `problem.parse_output`).
 
     Args:
       data: edges (2, 2) = {(0, 1), (1, 0)} in any order, pred_i / pred_j (2, H, W, 3), conf_i / conf_j (2, H, W).
-      min_conf_thr: confidence threshold of the PnP pixel pool and of `Scene.masks`.
+      min_conf_thr: confidence threshold of the PnP pixel pool and of `AlignResult.masks`.
     Returns:
-      `Scene` with cam2world (2, 4, 4) (one camera at the identity), focals (2,), principal points (W/2, H/2),
+      `AlignResult` with cam2world (2, 4, 4) (one camera at the identity), focals (2,), principal points (W/2, H/2),
       depthmaps, world pts3d, conf, masks; pw_poses[e] = cam2world[i] with pw_scales = 1 (exact for the
       winning edge, whose prediction defines the world); empty loss/lr curves and final_loss = NaN (as the
-      official `forward()`); `init` = the result.
+      official `forward()`); `start` = the result.
     Raises:
       ValueError: not exactly the two symmetric edges of two images.
     """
@@ -89,10 +89,10 @@ def pair_viewer(data: Mapping[str, np.ndarray], min_conf_thr: float = 3.0) -> Sc
         depthmaps=jnp.asarray(depthmaps), pw_poses=jnp.asarray(c2w[edges[:, 0]]),
         pw_scales=jnp.ones((2,), jnp.float32),
     )
-    return Scene(
+    return AlignResult(
         cam2world=state.cam2world, focals=state.focals, principal_points=state.principal_points,
         depthmaps=state.depthmaps, pts3d=jnp.asarray(pts3d.astype(np.float32)), conf=jnp.asarray(im_conf),
         masks=jnp.asarray(masks), pw_poses=state.pw_poses, pw_scales=state.pw_scales,
         edges=jnp.asarray(edges.astype(np.int32)), loss_curve=jnp.zeros((0,), jnp.float32),
-        lr_curve=jnp.zeros((0,), jnp.float32), final_loss=jnp.float32(np.nan), init=state,
+        lr_curve=jnp.zeros((0,), jnp.float32), final_loss=jnp.float32(np.nan), start=state,
     )

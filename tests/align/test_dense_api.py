@@ -1,5 +1,5 @@
-"""Dense GA API on tiny synthetic scenes: recovery of a known scene, presets/masks/robust/bf16 options,
-end-to-end gradients (vs finite differences), vmap, and bad input."""
+"""Dense GA API on tiny synthetic scenes: recovery of a known scene, presets/masks/robust/bf16 options, the
+config object and the deprecated names, end-to-end gradients (vs finite differences), vmap, and bad input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from f3d_jax.align import AlignState, DenseConfig, align_dense, global_align
-from f3d_jax.align.dense import make_problem
+import f3d_jax
+from f3d_jax.align import AlignResult, AlignState, DenseConfig, align_dense, global_align, make_problem
 
 H, W, F = 12, 16, 14.0
 
@@ -53,7 +53,7 @@ def toy_scene(n=3, seed=0, noise=0.0):
 
 
 def near_truth_init(gt, seed=1, eps=0.02):
-    """Ground truth (normalised scale) slightly perturbed, as an explicit init_state."""
+    """Ground truth (normalised scale) slightly perturbed, as an explicit starting state."""
     rng = np.random.default_rng(seed)
     n = len(gt["cam2world"])
     c2w = gt["cam2world"].copy()
@@ -100,34 +100,34 @@ def test_modular_partial_presets_are_frozen(toy):
     out, gt = toy
     known = np.array([True, False, True])
     poses = gt["cam2world"][known]
-    scene = global_align(out, mode="modular", init_state=near_truth_init(gt), niter=30,
+    scene = global_align(out, mode="modular", start=near_truth_init(gt), niter=30,
                          preset_poses=poses, preset_pose_mask=known, preset_focals=[F], preset_focal_mask=[1])
     c2w = np.asarray(scene.cam2world)
     np.testing.assert_allclose(c2w[known], gt["cam2world"][known], atol=1e-5)
     assert np.abs(float(scene.focals[1]) - F) < 1e-4  # preset focal, frozen
     assert np.abs(c2w[1] - near_truth_init(gt)["cam2world"][1]).max() > 1e-5  # the free pose moved
     with pytest.raises(ValueError, match="modular"):  # pco: all or nothing
-        global_align(out, mode="pco", init_state=near_truth_init(gt), niter=5, preset_poses=poses,
+        global_align(out, mode="pco", start=near_truth_init(gt), niter=5, preset_poses=poses,
                      preset_pose_mask=known)
 
 
 def test_user_masks_edge_weights_robust_bf16(toy):
     out, gt = toy
     init = near_truth_init(gt)
-    base = global_align(out, init_state=init, niter=30)
+    base = global_align(out, start=init, niter=30)
     ign = np.zeros((3, H, W), bool)
     ign[0, :4] = True
-    masked = global_align(out, init_state=init, niter=30, masks=ign)
+    masked = global_align(out, start=init, niter=30, masks=ign)
     d0, d1 = np.asarray(masked.depthmaps), np.asarray(base.depthmaps)
     # ignored pixels get no gradient: their depth stays at the initial value (only the global scale moves)
-    np.testing.assert_allclose(d0[0, :4], np.asarray(masked.init.depthmaps)[0, :4], rtol=1e-6)
+    np.testing.assert_allclose(d0[0, :4], np.asarray(masked.start.depthmaps)[0, :4], rtol=1e-6)
     assert not np.asarray(masked.masks)[0, :4].any()
-    assert np.abs(d1[0, :4] - np.asarray(base.init.depthmaps)[0, :4]).max() > 1e-4
-    zero_w = global_align(out, init_state=init, niter=30, edge_weights=np.zeros(6))
+    assert np.abs(d1[0, :4] - np.asarray(base.start.depthmaps)[0, :4]).max() > 1e-4
+    zero_w = global_align(out, start=init, niter=30, edge_weights=np.zeros(6))
     assert float(zero_w.final_loss) == 0.0
-    rob = global_align(out, init_state=init, niter=30, robust="cauchy", robust_scale=0.05)
+    rob = global_align(out, start=init, niter=30, robust="cauchy", robust_scale=0.05)
     assert np.isfinite(float(rob.final_loss)) and float(rob.loss_curve[-1]) < float(rob.loss_curve[0])
-    bf = global_align(out, init_state=init, niter=30, storage_dtype="bfloat16")
+    bf = global_align(out, start=init, niter=30, storage_dtype="bfloat16")
     np.testing.assert_allclose(np.asarray(bf.loss_curve), np.asarray(base.loss_curve), rtol=2e-2)
 
 
@@ -139,10 +139,14 @@ def _core_inputs(out, init):
     return prob, st
 
 
-def test_grad_wrt_predictions_matches_finite_differences(toy):
+@pytest.mark.parametrize("dist,param", [("l2", "official"), ("l1", "official"), ("l1", "manifold")])
+def test_grad_wrt_predictions_matches_finite_differences(toy, dist, param):
+    """jax.grad through the whole 8-step optimisation (the fused loss's custom VJP differentiated once more, the
+    Adam steps, the parameterisation's decoding and retraction) against central differences of the jitted
+    forward run: the default l1 distance and both parameterisations."""
     out, gt = toy
     prob, st = _core_inputs(out, near_truth_init(gt))
-    cfg = DenseConfig(niter=8, lr=0.003, dist="l2")
+    cfg = DenseConfig(niter=8, lr=0.003, dist=dist, param=param)
     v = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3)), jnp.float32)
 
     def objective(pred_i, conf_i):
@@ -164,7 +168,43 @@ def test_grad_wrt_predictions_matches_finite_differences(toy):
         minus[arg] = base[arg] - h * direction
         fd = (float(f(*plus)) - float(f(*minus))) / (2 * h)
         an = float(jnp.sum(g * direction))
-        assert abs(fd - an) <= 0.05 * abs(an) + 1e-4, (arg, fd, an)
+        assert abs(fd - an) <= 0.05 * abs(an) + 1e-4, (dist, param, arg, fd, an)
+
+
+def test_config_object_and_deprecated_names(toy):
+    """global_align(config=DenseConfig(...)) is the keyword call; a disagreeing keyword is an error; init_state=
+    is the old name of start=; Scene / .init are the old names of AlignResult / .start."""
+    out, gt = toy
+    init = near_truth_init(gt)
+    cfg = DenseConfig(niter=12, lr=0.005, dist="l2", schedule="linear")
+    by_config = global_align(out, start=init, config=cfg)
+    by_keywords = global_align(out, start=init, niter=12, lr=0.005, dist="l2", schedule="linear")
+    np.testing.assert_array_equal(np.asarray(by_config.loss_curve), np.asarray(by_keywords.loss_curve))
+    np.testing.assert_array_equal(np.asarray(by_config.cam2world), np.asarray(by_keywords.cam2world))
+    assert by_config.loss_curve.shape == (12,)
+    np.testing.assert_allclose(np.asarray(by_config.lr_curve)[[0, -1]], [0.005, 0.005 - (0.005 - 1e-6) * 11 / 12],
+                               rtol=1e-6)  # the linear schedule of the config, not the cosine default
+    # a keyword that agrees with the config is fine; one that disagrees (even at its default value) is not
+    again = global_align(out, start=init, config=cfg, niter=12)
+    np.testing.assert_array_equal(np.asarray(again.loss_curve), np.asarray(by_config.loss_curve))
+    with pytest.raises(ValueError, match=r"niter=300 \(config.niter=12\)"):
+        global_align(out, start=init, config=cfg, niter=300)
+    with pytest.raises(ValueError, match="dist"):
+        global_align(out, start=init, config=cfg, dist="l1")
+    with pytest.raises(TypeError, match="DenseConfig"):
+        global_align(out, start=init, config=dict(niter=3))
+    with pytest.raises(ValueError, match="param must be one of"):
+        DenseConfig(param="quaternion")
+    # deprecated names
+    old = global_align(out, init_state=init, config=cfg)
+    np.testing.assert_array_equal(np.asarray(old.cam2world), np.asarray(by_config.cam2world))
+    with pytest.raises(ValueError, match="once"):
+        global_align(out, start=init, init_state=init, config=cfg)
+    assert isinstance(by_config, AlignResult) and f3d_jax.Scene is AlignResult and f3d_jax.align.Scene is AlignResult
+    assert by_config.init is by_config.start
+    # a previous result is a valid starting state (restart)
+    restart = global_align(out, start=by_config, config=DenseConfig(niter=1, lr=1e-9))
+    np.testing.assert_allclose(np.asarray(restart.start.cam2world), np.asarray(by_config.cam2world), atol=1e-6)
 
 
 def test_vmap_over_scenes():
@@ -224,7 +264,7 @@ def test_bad_inputs(toy):
     with pytest.raises(ValueError, match="mode"):
         global_align(out, mode="nope")
     with pytest.raises(ValueError, match="masks"):
-        global_align(out, init_state=near_truth_init(gt), masks=np.zeros((3, 2, 2), bool))
+        global_align(out, start=near_truth_init(gt), masks=np.zeros((3, 2, 2), bool))
     # divergence is reported, never returned as NaN poses
     with pytest.raises(FloatingPointError, match="diverged"):
-        global_align(out, init_state=near_truth_init(gt), niter=30, lr=1e30)
+        global_align(out, start=near_truth_init(gt), niter=30, lr=1e30)

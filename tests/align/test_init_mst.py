@@ -4,18 +4,15 @@ truth and bad input."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import fixture_path
-from f3d_jax.align.init import init_known_poses, init_mst
+from f3d_jax.align import AlignState
+from f3d_jax.align.initialise import Initialisation, initialise_known_poses, initialise_mst
 from f3d_jax.eval import pose_metrics, sim3_centres
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from experiments.synthetic import make_edges, make_predictions, make_scene  # noqa: E402
+from f3d_jax.eval.synthetic import make_edges, make_predictions, make_scene
 
 CASES = ["dense_pco_4v", "dense_modular_3v_known_focal"]
 
@@ -33,9 +30,9 @@ def fixture_init(request):
     inp, off, m = _load(request.param)
     f = lambda k: inp[k].astype(np.float32)  # noqa: E731  exactly what the official optimiser saw
     pf = inp["preset_focals"]
-    st = init_mst(inp["edges"], f("pred1_pts3d"), f("pred1_conf"), f("pred2_pts3d"), f("pred2_conf"),
-                  float(m["optimizer"]["min_conf_thr"]), niter_pnp=m["optimizer"]["niter_PnP"],
-                  preset_focals=pf if pf.size else None)
+    st = initialise_mst(inp["edges"], f("pred1_pts3d"), f("pred1_conf"), f("pred2_pts3d"), f("pred2_conf"),
+                        float(m["optimizer"]["min_conf_thr"]), niter_pnp=m["optimizer"]["niter_PnP"],
+                        preset_focals=pf if pf.size else None)
     return st, off, m
 
 
@@ -51,14 +48,14 @@ def test_init_state_matches_official(fixture_init):
     """Decoded init state vs official init_* (measured: ~1e-6; PnP leaves included)."""
     st, off, _ = fixture_init
     c = off["init_cam2world"]
-    np.testing.assert_allclose(st.cam2world[:, :3, :3], c[:, :3, :3], atol=2e-5)
-    np.testing.assert_allclose(st.cam2world[:, :3, 3], c[:, :3, 3], atol=2e-5)
-    np.testing.assert_allclose(st.focals, off["init_focals"].ravel(), rtol=1e-6)
-    np.testing.assert_allclose(st.principal_points, off["init_principal_points"], atol=1e-6)
-    np.testing.assert_allclose(st.depthmaps, off["init_depthmaps"], rtol=2e-5)
-    np.testing.assert_allclose(st.pw_scales, off["init_pw_scale"], rtol=2e-5)
-    scaled = st.pw_poses.copy()
-    scaled[:, :3] *= st.pw_scales[:, None, None]
+    np.testing.assert_allclose(st.state.cam2world[:, :3, :3], c[:, :3, :3], atol=2e-5)
+    np.testing.assert_allclose(st.state.cam2world[:, :3, 3], c[:, :3, 3], atol=2e-5)
+    np.testing.assert_allclose(st.state.focals, off["init_focals"].ravel(), rtol=1e-6)
+    np.testing.assert_allclose(st.state.principal_points, off["init_principal_points"], atol=1e-6)
+    np.testing.assert_allclose(st.state.depthmaps, off["init_depthmaps"], rtol=2e-5)
+    np.testing.assert_allclose(st.state.pw_scales, off["init_pw_scale"], rtol=2e-5)
+    scaled = st.state.pw_poses.copy()
+    scaled[:, :3] *= st.state.pw_scales[:, None, None]
     np.testing.assert_allclose(scaled, off["init_pw_poses_scaled"], atol=2e-5)
     # raw parameters too (same quaternion sign convention, same translation code, root pinned at exactly 0)
     np.testing.assert_allclose(st.raw_im_poses, off["init_raw_im_poses"], atol=2e-5)
@@ -66,7 +63,7 @@ def test_init_state_matches_official(fixture_init):
     np.testing.assert_allclose(st.raw_im_focals, off["init_raw_im_focals"].ravel(), atol=1e-4)
     assert np.all(st.raw_im_poses[st.root, 4:] == 0.0)
     assert st.norm_pw_scale
-    np.testing.assert_allclose(np.exp(np.log(st.pw_scales).mean()), 0.5, rtol=1e-5)
+    np.testing.assert_allclose(np.exp(np.log(st.state.pw_scales).mean()), 0.5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -79,43 +76,44 @@ def synth():
 
 def test_init_mst_synthetic_clean_is_accurate(synth):
     sc, edges, pr = synth
-    st = init_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"])
-    acc = pose_metrics(st.cam2world, sc.cam2world)
+    st = initialise_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"])
+    assert isinstance(st, Initialisation) and isinstance(st.state, AlignState)
+    acc = pose_metrics(st.state.cam2world, sc.cam2world)
     assert acc["rel_rot_err_deg_max"] < 0.2
     assert acc["rel_trans_angle_deg_max"] < 1.0
     assert acc["ATE_rmse_over_cam_spread"] < 0.01
-    np.testing.assert_allclose(st.focals, sc.focals, rtol=5e-3)
-    s, _, _ = sim3_centres(st.cam2world, sc.cam2world)
-    np.testing.assert_allclose(np.median(s * st.depthmaps / sc.depth), 1.0, rtol=5e-3)
+    np.testing.assert_allclose(st.state.focals, sc.focals, rtol=5e-3)
+    s, _, _ = sim3_centres(st.state.cam2world, sc.cam2world)
+    np.testing.assert_allclose(np.median(s * st.state.depthmaps / sc.depth), 1.0, rtol=5e-3)
     assert st.mst_edges.shape == (4, 2)
 
 
 def test_init_mst_with_preset_poses_and_focals(synth):
     sc, edges, pr = synth
     mask = np.array([True, False, True, True, False])
-    st = init_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
-                  preset_poses=sc.cam2world, preset_pose_mask=mask, preset_focals=sc.focals * 1.01,
-                  preset_focal_mask=[0, 1])
-    np.testing.assert_allclose(st.cam2world[mask], sc.cam2world[mask], atol=1e-5)
-    np.testing.assert_allclose(st.cam2world[~mask], sc.cam2world[~mask], atol=0.05)  # aligned onto the known ones
-    np.testing.assert_allclose(st.focals[:2], sc.focals[:2] * 1.01, rtol=1e-6)
+    st = initialise_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
+                        preset_poses=sc.cam2world, preset_pose_mask=mask, preset_focals=sc.focals * 1.01,
+                        preset_focal_mask=[0, 1])
+    np.testing.assert_allclose(st.state.cam2world[mask], sc.cam2world[mask], atol=1e-5)
+    np.testing.assert_allclose(st.state.cam2world[~mask], sc.cam2world[~mask], atol=0.05)  # aligned onto the known ones
+    np.testing.assert_allclose(st.state.focals[:2], sc.focals[:2] * 1.01, rtol=1e-6)
     assert not st.norm_pw_scale
     # exactly one known pose: rigidly moved onto it
-    st1 = init_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
-                   preset_poses=sc.cam2world, preset_pose_mask=np.arange(5) == 3)
-    np.testing.assert_allclose(st1.cam2world[3], sc.cam2world[3], atol=1e-5)
+    st1 = initialise_mst(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
+                         preset_poses=sc.cam2world, preset_pose_mask=np.arange(5) == 3)
+    np.testing.assert_allclose(st1.state.cam2world[3], sc.cam2world[3], atol=1e-5)
     assert st1.norm_pw_scale
 
 
-def test_init_known_poses(synth):
+def test_initialise_known_poses(synth):
     sc, edges, pr = synth
-    st = init_known_poses(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
-                          sc.cam2world, sc.focals)
-    np.testing.assert_allclose(st.cam2world, sc.cam2world, atol=1e-5)
-    np.testing.assert_allclose(st.focals, sc.focals, rtol=1e-5)
+    st = initialise_known_poses(edges, pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"],
+                                sc.cam2world, sc.focals)
+    np.testing.assert_allclose(st.state.cam2world, sc.cam2world, atol=1e-5)
+    np.testing.assert_allclose(st.state.focals, sc.focals, rtol=1e-5)
     # pairwise scales undo the per-edge prediction scale; depths are metric
-    np.testing.assert_allclose(st.pw_scales * pr["pair_scale"], 1.0, rtol=0.02)
-    np.testing.assert_allclose(np.median(np.abs(st.depthmaps / sc.depth - 1)), 0.0, atol=0.01)
+    np.testing.assert_allclose(st.state.pw_scales * pr["pair_scale"], 1.0, rtol=0.02)
+    np.testing.assert_allclose(np.median(np.abs(st.state.depthmaps / sc.depth - 1)), 0.0, atol=0.01)
     assert not st.norm_pw_scale and st.root == -1
 
 
@@ -123,15 +121,22 @@ def test_bad_inputs_raise_clear_errors(synth):
     _, edges, pr = synth
     a = (pr["pred1_pts3d"], pr["pred1_conf"], pr["pred2_pts3d"], pr["pred2_conf"])
     with pytest.raises(ValueError, match="pred2_pts3d"):
-        init_mst(edges, a[0], a[1], a[2][:, :-1], a[3])
+        initialise_mst(edges, a[0], a[1], a[2][:, :-1], a[3])
     bad = a[0].copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        init_mst(edges, bad, *a[1:])
+        initialise_mst(edges, bad, *a[1:])
     sub = [e for e, (i, j) in enumerate(edges) if {int(i), int(j)} in ({0, 1}, {2, 3}, {3, 4})]
     with pytest.raises(ValueError, match="disconnected"):
-        init_mst(edges[sub], *(x[sub] for x in a))
+        initialise_mst(edges[sub], *(x[sub] for x in a))
     with pytest.raises(ValueError, match="cover"):
-        init_mst(edges[:1] + np.array([[0, 5]]), *(x[:1] for x in a))
+        initialise_mst(edges[:1] + np.array([[0, 5]]), *(x[:1] for x in a))
     with pytest.raises(ValueError, match="edges"):
-        init_mst(np.zeros((0, 2), int), *(x[:0] for x in a))
+        initialise_mst(np.zeros((0, 2), int), *(x[:0] for x in a))
+
+
+def test_deprecated_module_names():
+    from f3d_jax.align import init as old
+
+    assert old.init_mst is initialise_mst and old.init_known_poses is initialise_known_poses
+    assert old.InitState is Initialisation

@@ -1,0 +1,70 @@
+"""Static configuration of the dense global alignment (`DenseConfig`) and the allowed values of its options."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from f3d_jax.align.losses import CONF_MODES, DEFAULT_CHUNK_PIXELS, DISTS, ROBUST
+from f3d_jax.align.parameterisation import PARAMETERISATIONS
+from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES
+
+STORAGE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseConfig:
+    """Static configuration of the dense GA loop (hashable: a jit static argument).
+
+    Attributes:
+      niter, schedule ('cosine'|'linear'), lr, lr_min: the official loop (lr_min 1e-6).
+      param: 'official' (raw XYZW quaternions, signed-log1p translations) or 'manifold' (jaxlie SE3); see
+        `parameterisation`.
+      conf: confidence transform ('log' official). dist: 'l1' (Euclidean norm) or 'l2' (squared norm).
+      robust, robust_scale: optional robust kernel on the distances (None = official).
+      base_scale: geometric mean of the pairwise scales when the pairwise scales are normalised (official 0.5).
+      norm_pw_scale: pin the pairwise scales' geometric mean to base_scale. None = the official rule: on unless
+        >= 2 poses are preset (`global_align` resolves it; the core alone treats None as True).
+      focal_break: focal parameter = focal_break * log f (official 20).
+      optimize_pp: optimise principal points (official default False).
+      min_conf_thr: threshold of `AlignResult.masks` (not used by the loss, as officially) and, in
+        `global_align`, of the initialisation's PnP pixel pool and of the PairViewer.
+      storage_dtype: 'float32' or 'bfloat16' storage of the predictions/confidences (math stays float32).
+      chunk_pixels: edge-pixels per block of the loss (C edges x T pixels, `losses.block_plan`): bounds the
+        loop's temporaries and keeps each block in cache.
+      b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
+    """
+
+    niter: int = 300
+    schedule: str = "cosine"
+    lr: float = 0.01
+    lr_min: float = DEFAULT_LR_MIN
+    param: str = "official"
+    conf: str = "log"
+    dist: str = "l1"
+    robust: str | None = None
+    robust_scale: float = 0.05
+    base_scale: float = 0.5
+    norm_pw_scale: bool | None = None
+    focal_break: float = 20.0
+    optimize_pp: bool = False
+    min_conf_thr: float = 3.0
+    storage_dtype: str = "float32"
+    chunk_pixels: int = DEFAULT_CHUNK_PIXELS
+    b1: float = 0.9
+    b2: float = 0.9
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("schedule", self.schedule, SCHEDULES),
+            ("param", self.param, tuple(PARAMETERISATIONS)),
+            ("conf", self.conf, CONF_MODES),
+            ("dist", self.dist, DISTS),
+            ("robust", self.robust, ROBUST),
+            ("storage_dtype", self.storage_dtype, STORAGE_DTYPES),
+        ]
+        for name, val, allowed in checks:
+            if val not in allowed:
+                raise ValueError(f"DenseConfig: {name} must be one of {allowed}, got {val!r}")
+        if int(self.niter) < 1:
+            raise ValueError(f"DenseConfig: niter must be >= 1, got {self.niter}")

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "geometry": set(),
     "io": set(),
     "models": {"nn"},
-    "weights": {"models", "nn"},
+    "weights": {"models", "nn", "io"},
     "eval": {"geometry"},
     "align": {"geometry", "eval"},
     "infer": {"io", "models", "nn", "weights", "geometry"},

@@ -10,6 +10,8 @@ unexpected and mis-shaped keys are reported together in one error.
 
 from __future__ import annotations
 
+import collections
+
 import dataclasses
 import functools
 import re
@@ -280,11 +282,13 @@ def _alias_of(key: str) -> str:
 
 
 def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray], source: Any = None,
-                       dtype: Any = None) -> dict:
+                       dtype: Any = None, *, consume: bool = False) -> dict:
     """Official state dict -> f3d-jax params (nested dict of jax arrays).
 
     Every key, shape and dtype is checked first (`check_state_dict`); only then is any tensor
-    converted.
+    converted. With `consume=True` (a dict the caller no longer needs, e.g. just read from a file)
+    each entry is removed once converted, so the numpy copy of the weights is freed tensor by tensor
+    and the peak stays near one copy of the weights instead of two.
 
     Raises:
       CheckpointError: listing every missing, unexpected and mis-shaped key at once.
@@ -292,20 +296,26 @@ def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray]
     check_state_dict(config, state_dict, source)
     _, abstract, table = abstract_model(config)
     leaves = dict(_flatten(abstract))
+    canon_of = {key: _canonical(key) for key in state_dict}
+    counts = collections.Counter(canon_of.values())
     params: dict = {}
-    filled: dict[str, np.ndarray] = {}
+    twin_of: dict[str, np.ndarray] = {}  # only the canonical keys stored under two names (DPT's shared convs)
     twins = []
-    for key, value in state_dict.items():
-        canon = _canonical(key)
+    for key in list(state_dict):
+        canon = canon_of[key]
         path, kind = table[canon]
+        value = state_dict.pop(key) if consume else state_dict[key]
         arr = _TO_JAX[kind](value)
-        if canon in filled:
-            if not np.array_equal(filled[canon], arr):
+        del value
+        if canon in twin_of:
+            if not np.array_equal(twin_of[canon], arr):
                 twins.append(f"{key}: differs from its shared twin {canon}")
             continue
-        filled[canon] = arr
+        if counts[canon] > 1:
+            twin_of[canon] = arr
         target = jnp.dtype(dtype) if dtype is not None else leaves[path].dtype
         _set(params, path, jnp.asarray(arr, dtype=target))
+        del arr
     if twins:
         raise _mismatch_error(config, source, [], [], twins)
     return params

@@ -127,7 +127,7 @@ def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cach
         config_json, state_dict = read_hf_folder(path)
         class_name, kwargs = hf_config_constructor(config_json, cfg_path)
         config = _orientation(_config(class_name, kwargs, cfg_path), landscape_only)
-        return Model(config, convert_state_dict(config, state_dict, path, dtype))
+        return Model(config, convert_state_dict(config, state_dict, path, dtype, consume=True))
     if path.is_file():
         from f3d_jax.weights.constructor import checkpoint_constructor
         from f3d_jax.weights.torch_pickle import read_pth
@@ -137,7 +137,7 @@ def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cach
             raise CheckpointError(path, "not an official checkpoint: no 'model' state dict at the top level")
         class_name, kwargs = checkpoint_constructor(ckpt, path)
         config = _orientation(_config(class_name, kwargs, path), landscape_only)
-        return Model(config, convert_state_dict(config, ckpt["model"], path, dtype))
+        return Model(config, convert_state_dict(config, ckpt["model"], path, dtype, consume=True))
     name = str(src)
     from f3d_jax.weights.registry import get_checkpoint_info, list_checkpoints
 
@@ -236,6 +236,11 @@ def _read_orbax_metadata(path: Path) -> dict[str, Any]:
     return _flat_tree(tree, params_dir)
 
 
+def _dotted(keypath: tuple) -> str:
+    """The `_flat_tree` key of a `tree_map_with_path` key path."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+
+
 def _leaf_problem(leaf: Any, expected: jax.ShapeDtypeStruct) -> str | None:
     shape, dt = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
     try:
@@ -293,6 +298,9 @@ def _load_orbax(path: Path, landscape_only: bool, dtype: Any) -> Model:
     if problems:
         raise CheckpointError(path, f"orbax params do not match {config.official_class} ({_short(config)}):\n  "
                                     + "\n  ".join(problems))
+    if target_dtype is None:  # restore each leaf in the dtype it was saved in (a bf16 save loads as bf16)
+        target = jax.tree_util.tree_map_with_path(
+            lambda kp, s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(stored[_dotted(kp)].dtype)), target)
     try:
         params = ocp.StandardCheckpointer().restore(path / _PARAMS_DIR, target)
     except Exception as e:  # orbax/tensorstore errors -> one clear line

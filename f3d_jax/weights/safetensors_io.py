@@ -22,7 +22,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from f3d_jax.weights.errors import CheckpointError, parse_json, read_capped, read_file_head
+from f3d_jax.weights.errors import CheckpointError, read_file_head
+from f3d_jax.weights.json_file import loads_bounded, read_json_bounded
 
 __all__ = ["HF_WEIGHT_PATTERNS", "read_hf_folder", "read_safetensors", "resolve_hf_repo"]
 
@@ -80,7 +81,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     try:
         with open(path, "rb") as f:
             f.seek(8)
-            header = parse_json(f.read(header_len), path, max_depth=3)
+            header = loads_bounded(f.read(header_len), path, max_depth=3)
             metadata, spans = _parse_header(path, header, size - data_start)
             tensors = {}
             for name, dtype, shape, begin, end in spans:
@@ -202,7 +203,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise CheckpointError(folder, "no config.json in the Hugging Face folder")
     # Python's json accepts the `Infinity` / `-Infinity` tokens that save_pretrained writes.
-    config = parse_json(read_capped(cfg_path, MAX_CONFIG_BYTES), cfg_path, allow_constants=True)
+    config = read_json_bounded(cfg_path, MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise CheckpointError(cfg_path, f"expected a JSON object, got {type(config).__name__}")
     return config
@@ -236,7 +237,7 @@ def read_hf_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
         tensors, metadata = read_safetensors(single)
         return config, _restore_shared(tensors, metadata)
     if index.is_file():
-        doc = parse_json(read_capped(index, MAX_INDEX_BYTES), index, max_depth=4)
+        doc = read_json_bounded(index, MAX_INDEX_BYTES, max_depth=4, allow_infinity=False)
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(index, "invalid safetensors index (no 'weight_map' of tensor name -> shard file)")

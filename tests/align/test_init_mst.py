@@ -133,10 +133,3 @@ def test_bad_inputs_raise_clear_errors(synth):
         initialise_mst(edges[:1] + np.array([[0, 5]]), *(x[:1] for x in a))
     with pytest.raises(ValueError, match="edges"):
         initialise_mst(np.zeros((0, 2), int), *(x[:0] for x in a))
-
-
-def test_deprecated_module_names():
-    from f3d_jax.align import init as old
-
-    assert old.init_mst is initialise_mst and old.init_known_poses is initialise_known_poses
-    assert old.InitState is Initialisation

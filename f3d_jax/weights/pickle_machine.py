@@ -159,15 +159,7 @@ class _Machine:
 
     def register(self, obj: Any, children: Iterable[Any]) -> Any:
         """Records a new container (depth, weight) and seals its children."""
-        depth, weight = 1, 1
-        for child in children:
-            if child is obj:
-                self.fail("a container that contains itself")
-            d, w = self.dw(child)
-            depth, weight = max(depth, d + 1), weight + w
-            self.sealed.add(id(child))
-        self._check_size(depth, weight)
-        self.info[id(obj)] = (depth, weight)
+        self.info[id(obj)] = self._adopt(obj, children, 1, 1)
         self.keep.append(obj)
         return obj
 
@@ -176,16 +168,20 @@ class _Machine:
         if id(target) in self.sealed:
             self.fail(f"the pickle modifies a {type(target).__name__} after placing it in another object")
         depth, weight = self.info.get(id(target), (1, 1))
+        if id(target) not in self.info:
+            self.keep.append(target)
+        self.info[id(target)] = self._adopt(target, children, depth, weight)
+
+    def _adopt(self, parent: Any, children: Iterable[Any], depth: int, weight: int) -> tuple[int, int]:
+        """(depth, weight) of `parent` once it holds `children` (checked against the limits); seals them."""
         for child in children:
-            if child is target:
+            if child is parent:
                 self.fail("a container that contains itself")
             d, w = self.dw(child)
             depth, weight = max(depth, d + 1), weight + w
             self.sealed.add(id(child))
         self._check_size(depth, weight)
-        if id(target) not in self.info:
-            self.keep.append(target)
-        self.info[id(target)] = (depth, weight)
+        return depth, weight
 
     def _check_size(self, depth: int, weight: int) -> None:
         if depth > self.limits.max_depth:

@@ -222,6 +222,15 @@ def _touch(obj) -> None:
             todo.extend(v)
 
 
+def _peak_rss_mb() -> int:
+    """This process's own peak RSS. Not `ru_maxrss`: Linux carries the parent's peak across fork + exec,
+    so a fuzz process started by a big pytest would report pytest's memory. `VmHWM` is per address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # not Linux: the best available
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pth", type=Path, required=True)
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         slowest = max(slowest, time.perf_counter() - t)
     summary = {"cases": a.cases, **counts, "kinds": kinds, "failures": failures[:20], "n_failures": len(failures),
                "seconds": round(time.perf_counter() - t0, 2), "slowest_case_s": round(slowest, 3),
-               "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+               "maxrss_mb": _peak_rss_mb()}
     print(json.dumps(summary))
     return 0
 

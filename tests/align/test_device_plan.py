@@ -138,3 +138,20 @@ def test_register_sim3_equals_umeyama():
     s0, R0, t0 = umeyama(x.astype(np.float64), y, w.astype(np.float64))
     assert abs(s - s0) < 1e-12 * s0 and np.abs(R - R0).max() < 1e-12 and np.abs(t - t0).max() < 1e-11
     assert np.linalg.det(R) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_image_conf_accelerator_path_equals_cpu_loop(monkeypatch, dtype):
+    """The segment_max used off CPU gives the CPU loop's per-image max confidence exactly (from 0, any dtype)."""
+    from f3d_jax.align import core
+
+    rng = np.random.default_rng(5)
+    ei = jnp.asarray([0, 1, 2, 0, 3], jnp.int32)
+    ej = jnp.asarray([1, 2, 0, 3, 0], jnp.int32)
+    ci = jnp.asarray(rng.uniform(1, 9, (5, 4, 6)), dtype)
+    cj = jnp.asarray(rng.uniform(1, 9, (5, 4, 6)), dtype)
+    cpu = np.asarray(core._image_conf(ci, cj, ei, ej, 5))  # image 4 has no edge: 0, as officially
+    monkeypatch.setattr(core.jax, "default_backend", lambda: "gpu")
+    acc = np.asarray(core._image_conf(ci, cj, ei, ej, 5))
+    np.testing.assert_array_equal(acc, cpu)
+    assert (cpu[4] == 0).all() and cpu[0].max() > 1

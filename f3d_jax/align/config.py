@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from f3d_jax.align.losses import CONF_MODES, DEFAULT_CHUNK_PIXELS, DISTS, ROBUST
+from f3d_jax.align.losses import CONF_MODES, DISTS, ROBUST
 from f3d_jax.align.parameterisation import PARAMETERISATIONS
 from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES
 
@@ -29,8 +29,13 @@ class DenseConfig:
       min_conf_thr: threshold of `AlignResult.masks` (not used by the loss, as officially) and, in
         `global_align`, of the initialisation's PnP pixel pool and of the PairViewer.
       storage_dtype: 'float32' or 'bfloat16' storage of the predictions/confidences (math stays float32).
-      chunk_pixels: edge-pixels per block of the loss (C edges x T pixels, `losses.block_plan`): bounds the
-        loop's temporaries and keeps each block in cache.
+      chunk_pixels: edge-pixels per block of the loss (C edges x T pixels, `losses.plan_blocks`): bounds the
+        loop's temporaries. None (default): chosen from the backend (`losses.default_chunk_pixels`): 24576 in
+        blocks of <= 12 edges on a CPU (cache-sized), 32M in blocks of whole images on a GPU/TPU (one fused pass
+        when the problem is smaller). The value is the same whatever the blocking, to float32 summation order.
+      shard_edges: split the edges over all local devices (a 1-D mesh; E padded with zero-weight edges to a
+        multiple of the device count). None (default): automatic, on with >= 2 local devices and at least
+        `core.SHARD_MIN_EDGE_PIXELS` edge-pixels; True/False force it (True with one device does nothing).
       b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
     """
 
@@ -49,7 +54,8 @@ class DenseConfig:
     optimize_pp: bool = False
     min_conf_thr: float = 3.0
     storage_dtype: str = "float32"
-    chunk_pixels: int = DEFAULT_CHUNK_PIXELS
+    chunk_pixels: int | None = None
+    shard_edges: bool | None = None
     b1: float = 0.9
     b2: float = 0.9
     eps: float = 1e-8
@@ -68,3 +74,7 @@ class DenseConfig:
                 raise ValueError(f"DenseConfig: {name} must be one of {allowed}, got {val!r}")
         if int(self.niter) < 1:
             raise ValueError(f"DenseConfig: niter must be >= 1, got {self.niter}")
+        if self.chunk_pixels is not None and int(self.chunk_pixels) < 1:
+            raise ValueError(f"DenseConfig: chunk_pixels must be None (backend default) or >= 1, got {self.chunk_pixels}")
+        if self.shard_edges not in (None, True, False):
+            raise ValueError(f"DenseConfig: shard_edges must be None (automatic), True or False, got {self.shard_edges!r}")

@@ -10,22 +10,55 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from f3d_jax.align import parameterisation as param_lib
 from f3d_jax.align.config import DenseConfig
-from f3d_jax.align.losses import alignment_loss, apply_3x3
+from f3d_jax.align.losses import EDGE_AXIS, alignment_loss, apply_3x3
 from f3d_jax.align.schedules import lr_curve
 from f3d_jax.align.types import AlignResult, AlignState, DenseProblem
 from f3d_jax.geometry.transforms import make_pose
 
 
+# Automatic edge sharding (`DenseConfig.shard_edges=None`) from this many edge-pixels on (N=27 at 512x384 on a
+# complete graph): below it one device holds the problem easily and the cross-device sums cost more than they save.
+SHARD_MIN_EDGE_PIXELS = 1 << 27
+
+
+def edge_mesh(shard_edges: bool | None, n_edges: int, n_pixels: int, devices: list | None = None) -> Mesh | None:
+    """The 1-D mesh (axis `losses.EDGE_AXIS`) over `devices` (default: `jax.local_devices()`) the edges are split
+    over, or None (one device): `shard_edges` True/False forces it, None = automatic (>= 2 devices and
+    >= SHARD_MIN_EDGE_PIXELS edge-pixels)."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    if len(devices) < 2 or shard_edges is False:
+        return None
+    if shard_edges is None and n_edges * n_pixels < SHARD_MIN_EDGE_PIXELS:
+        return None
+    return Mesh(np.array(devices), (EDGE_AXIS,))
+
+
+def _pad_edges(x: jax.Array, n: int, value: float | int = 0) -> jax.Array:
+    """x with n more entries along axis 0, all `value`."""
+    if n == 0:
+        return x
+    return jnp.concatenate([x, jnp.full((n,) + x.shape[1:], value, x.dtype)], axis=0)
+
+
 def _image_conf(conf_i: jax.Array, conf_j: jax.Array, ei: jax.Array, ej: jax.Array, n: int) -> jax.Array:
     """(N, H, W) float32 per-image max of every confidence predicted for the image (from 0, as officially).
 
-    A loop over edges rather than a segment_max: XLA:CPU would convert whole bfloat16 inputs to float32 for the
-    scatter (8 B per edge-pixel of temporaries at N=100).
+    On a CPU a loop over edges rather than a segment_max: XLA:CPU would convert whole bfloat16 inputs to float32
+    for the scatter (8 B per edge-pixel of temporaries at N=100). Elsewhere a segment_max in the storage dtype
+    (an E-step sequential loop of tiny kernels would cost more than the whole alignment on a GPU).
     """
+    dt = jnp.promote_types(conf_i.dtype, conf_j.dtype)
+    if jax.default_backend() != "cpu":
+        zero = jnp.zeros((n,) + conf_i.shape[1:], dt)
+        mi = jax.ops.segment_max(conf_i.astype(dt), ei, num_segments=n)
+        mj = jax.ops.segment_max(conf_j.astype(dt), ej, num_segments=n)
+        return jnp.maximum(zero, jnp.maximum(mi, mj)).astype(jnp.float32)
 
     def body(e, acc):
         # the barrier ties the inputs to the loop counter: no whole-array float32 convert hoisted out of the loop
@@ -39,7 +72,6 @@ def _image_conf(conf_i: jax.Array, conf_j: jax.Array, ei: jax.Array, ej: jax.Arr
 
     # max in the storage dtype (exact), converted once at the end: a per-edge convert would be hoisted out of
     # the loop as a whole-array float32 copy
-    dt = jnp.promote_types(conf_i.dtype, conf_j.dtype)
     out = jax.lax.fori_loop(0, ei.shape[0], body, jnp.zeros((n,) + conf_i.shape[1:], dt))
     return out.astype(jnp.float32)
 
@@ -50,6 +82,12 @@ def align_dense(problem: DenseProblem, start: AlignState, config: DenseConfig) -
     Jit it with `config` static (`jax.jit(align_dense, static_argnames='config')`, or use `align_dense_jit`),
     vmap it over a batch of equal-shape problems/starts, or differentiate a scalar of the returned
     `AlignResult` w.r.t. `problem` arrays (predictions, confidences) or `start`.
+
+    Device-aware (the result does not depend on it beyond float32 summation order): the loss blocking follows the
+    backend (`losses.plan_blocks`; `config.chunk_pixels` overrides it) and, for large graphs or with
+    `config.shard_edges=True`, the edges are split over all local devices (`edge_mesh`): the edge arrays are
+    padded with zero-weight edges to a multiple of the device count and laid out along a 1-D mesh, each device
+    walks its own edges and the loss and camera-point gradients are summed across devices.
 
     Args:
       problem: `DenseProblem` (E edges, N images of H x W).
@@ -114,6 +152,19 @@ def align_dense(problem: DenseProblem, start: AlignState, config: DenseConfig) -
     conf_j = problem.conf_j.reshape(E, HW)
     if c.storage_dtype == "bfloat16":
         conf_i, conf_j = conf_i.astype(sdt), conf_j.astype(sdt)
+    ei, ej = problem.ei, problem.ej
+
+    # edges split over the local devices: padded to a multiple of the device count with zero-weight edges
+    # (confidence 1, weight 0: they add exactly 0 to the loss and its gradients), laid out along the mesh
+    mesh = edge_mesh(c.shard_edges, E, HW)
+    n_pad = 0 if mesh is None else (-E) % mesh.size
+    if mesh is not None:
+        along = NamedSharding(mesh, PartitionSpec(EDGE_AXIS))
+        pred_i, pred_j = (_pad_edges(x, n_pad) for x in (pred_i, pred_j))
+        conf_i, conf_j = (_pad_edges(x, n_pad, 1) for x in (conf_i, conf_j))
+        ew, ei, ej = _pad_edges(ew, n_pad), _pad_edges(ei, n_pad), _pad_edges(ej, n_pad)
+        pred_i, pred_j, conf_i, conf_j, ew, ei, ej = jax.lax.with_sharding_constraint(
+            (pred_i, pred_j, conf_i, conf_j, ew, ei, ej), along)
 
     def decode(p: param_lib.Params) -> dict[str, jax.Array]:
         R_im, T_im = param.decode_poses(p["im_pose"])
@@ -135,11 +186,12 @@ def align_dense(problem: DenseProblem, start: AlignState, config: DenseConfig) -
 
     def loss_fn(p: param_lib.Params) -> jax.Array:
         d = decode(p)
+        R_pw, T_pw, s_pw = (_pad_edges(d[k], n_pad) for k in ("R_pw", "T_pw", "s_pw"))
         return alignment_loss(
-            R_im=d["R_im"], T_im=d["T_im"], cam_pts=d["cam_pts"], R_pw=d["R_pw"], T_pw=d["T_pw"], s_pw=d["s_pw"],
+            R_im=d["R_im"], T_im=d["T_im"], cam_pts=d["cam_pts"], R_pw=R_pw, T_pw=T_pw, s_pw=s_pw,
             pred_i=pred_i, pred_j=pred_j, conf_i=conf_i, conf_j=conf_j, keep=keep, edge_weights=ew,
-            ei=problem.ei, ej=problem.ej, conf_mode=c.conf, dist=c.dist, robust=c.robust,
-            robust_scale=c.robust_scale, chunk_pixels=c.chunk_pixels,
+            ei=ei, ej=ej, conf_mode=c.conf, dist=c.dist, robust=c.robust,
+            robust_scale=c.robust_scale, chunk_pixels=c.chunk_pixels, mesh=mesh, num_edges=E,
         )
 
     # eps_root: frozen/pinned entries have v = 0 forever and d sqrt(v)/dv = inf there; a tiny eps_root keeps

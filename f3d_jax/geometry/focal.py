@@ -45,8 +45,12 @@ def estimate_focal_weiszfeld(pts3d, pp=None, n_iter: int = 10, min_focal: float 
     dot_rc = xnp.sum(r * pix, axis=-1)
     dot_rr = xnp.sum(r * r, axis=-1)
     f = xnp.mean(dot_rc, axis=-1) / xnp.mean(dot_rr, axis=-1)
+    # x / y planes: the per-iteration distance without (..., K, 2) temporaries (same values as linalg.norm)
+    px, py, rx, ry = pix[..., 0], pix[..., 1], r[..., 0], r[..., 1]
     for _ in range(n_iter):
-        dis = xnp.linalg.norm(pix - f[..., None, None] * r, axis=-1)
+        dx = px - f[..., None] * rx
+        dy = py - f[..., None] * ry
+        dis = xnp.sqrt(dx * dx + dy * dy)
         w = 1.0 / xnp.maximum(dis, 1e-8)
         f = xnp.mean(w * dot_rc, axis=-1) / xnp.mean(w * dot_rr, axis=-1)
     fb = focal_base(H, W)

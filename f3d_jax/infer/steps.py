@@ -41,6 +41,12 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("data"))
 
 
+def rows_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Axis 1 split over 'data': output buffers `(n_batches, B, ...)` holding one decoded batch per row,
+    each stored where the decode step produced it (placing a batch moves nothing between devices)."""
+    return NamedSharding(mesh, PartitionSpec(None, "data"))
+
+
 def cast_for_inference(params: Mapping, dtype: Any) -> dict:
     """Mixed precision: floating params to `dtype`, except the two heads (the official heads run in
     float32 under autocast, on float32 weights)."""
@@ -101,3 +107,19 @@ def decode_step(params: Mapping, sf1: jax.Array, sp1: jax.Array, sf2: jax.Array,
     """
     out = decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl, pairs_per_step)
     return jax.lax.with_sharding_constraint(out, batch_sharded(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnums=(0,))
+def place_batch(buf: Any, out: Any, j: jax.Array, *, mesh: jax.sharding.Mesh) -> Any:
+    """Write one decoded batch into row `j` of a bucket's output buffers (donated: updated in place).
+
+    Args:
+      buf: pytree of (n_batches, B, H, W, ...) arrays (`rows_sharded`).
+      out: the same pytree of (B, H, W, ...) arrays, as `decode_step` returns it (sharded on 'data').
+      j: int32 scalar, the batch's row.
+
+    Returns:
+      the updated `buf`.
+    """
+    buf = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o.astype(b.dtype), j, 0), buf, out)
+    return jax.lax.with_sharding_constraint(buf, rows_sharded(mesh))

@@ -11,8 +11,9 @@ each (the ViT encoder twice per pair, once per pair on symmetrized same-size bat
 2. pairs are grouped by (view-1 shape, view-2 shape) bucket and decoded in batches of a fixed size
    (the last one padded) that gather their features from the store inside the jitted step (on CPU,
    a step runs large pairs one per device at a time, `lax.map`, so their activations stay in cache);
-3. everything runs on a 1-D `('data',)` mesh over the chosen devices: params and the feature store
-   replicated, every image / pair batch split on its batch axis (the batch is rounded up to a
+3. everything runs on a 1-D `('data',)` mesh over the chosen devices: params replicated, the feature
+   stores split on their image axis (the decode step gathers the rows its pairs need), every image /
+   pair batch split on its batch axis (the batch is rounded up to a
    multiple of the device count);
 4. each decoded batch is written, where it was produced, into its shape bucket's output buffers
    (`f3d_jax.infer.outputs`): predictions stay on the devices until asked for, then come to the host in
@@ -52,7 +53,7 @@ from f3d_jax.models.config import DUSt3RConfig
 from f3d_jax.models.model import Model, encode_images
 
 # The public names of the engine, with those now defined in views / steps / collate (importable from here as before).
-__all__ = ["CPU_PAIR_TOKENS", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
+__all__ = ["CPU_PAIR_TOKENS", "DECODE_TEMP_BYTES", "auto_pairs_per_step", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
            "collate_preds", "collate_views", "inference", "make_mesh", "same_size", "symmetric_inference",
            "symmetric_inference_pairs"]
 
@@ -80,8 +81,8 @@ class EngineStats:
 
 @dataclasses.dataclass
 class _Store:
-    feat: jax.Array  # (C, N, Ce) replicated
-    pos: jax.Array  # (C, N, 2) int32 replicated
+    feat: jax.Array  # (C, N, Ce) sharded on 'data' (image axis)
+    pos: jax.Array  # (C, N, 2) int32 sharded on 'data' 
 
 
 # On CPU, pairs with at least this many tokens (both views) are decoded one per device at a time (measured on
@@ -92,6 +93,49 @@ CPU_PAIR_TOKENS = 1024
 # With host outputs, predictions are decoded into segments of about this many bytes, each moved to the host
 # while the next is decoded (`InferenceEngine.decode`): large transfers, bounded device memory.
 OUTPUT_SEGMENT_BYTES = 1 << 30
+
+
+# Off the CPU, the decode step's temporaries are kept under this many bytes by decoding a batch in sequential
+# sub-steps (`auto_pairs_per_step`), so that batch 8 of 512x384 DPT pairs fits a 16 GB GPU next to the weights,
+# the feature stores and the outputs (the whole batch at once: 4.1 GiB of temporaries, XLA memory analysis).
+DECODE_TEMP_BYTES = 3 << 29  # 1.5 GiB
+
+# Temporaries of the DPT heads per output pixel of a pair (both views summed), by XLA's memory analysis of the
+# decode step (CPU, float32 heads, 512x384, full-size and tiny trunks alike: 528 MiB per pair, i.e. about
+# 1.4 kB per pixel of each view): the DPT heads' full-resolution feature maps dominate the step's memory.
+DPT_TEMP_BYTES_PER_PIXEL = 1408
+
+
+def decode_temp_bytes(config: DUSt3RConfig, hw1: tuple[int, int], hw2: tuple[int, int], pairs: int) -> int:
+    """Estimated temporaries of a decode step running `pairs` pairs at once (DPT heads; 0 for linear heads,
+    whose maps are token-sized)."""
+    if "dpt" not in str(config.head_type):
+        return 0
+    return pairs * DPT_TEMP_BYTES_PER_PIXEL * (hw1[0] * hw1[1] + hw2[0] * hw2[1])
+
+
+def auto_pairs_per_step(config: DUSt3RConfig, hw1: tuple[int, int], hw2: tuple[int, int], batch: int,
+                        n_devices: int, platform: str, temp_bytes: int | None = None) -> int | None:
+    """The decoder's sub-step size (`InferenceEngine` `pairs_per_step`) chosen from the backend.
+
+    * CPU: one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens (activations stay in cache);
+      the whole batch otherwise.
+    * GPU / TPU ('accelerator'): the whole batch when its estimated temporaries (`decode_temp_bytes`, per
+      device) fit `temp_bytes` (default `DECODE_TEMP_BYTES`); otherwise the largest sub-step (a multiple of
+      `n_devices` dividing `batch`) that fits, at least one pair per device.
+
+    Returns:
+      pairs per sub-step, or None for the whole batch in one step.
+    """
+    if platform == "cpu":
+        tokens = (hw1[0] * hw1[1] + hw2[0] * hw2[1]) // config.patch_size**2
+        return n_devices if tokens >= CPU_PAIR_TOKENS else None
+    budget = DECODE_TEMP_BYTES if temp_bytes is None else temp_bytes
+    if decode_temp_bytes(config, hw1, hw2, batch // n_devices) <= budget:
+        return None
+    fits = [k for k in range(n_devices, batch, n_devices)
+            if batch % k == 0 and decode_temp_bytes(config, hw1, hw2, k // n_devices) <= budget]
+    return max(fits, default=n_devices)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -117,9 +161,11 @@ class InferenceEngine:
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
-        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on
-        CPU, one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose
-        decoder and DPT activations then stay in cache (1.1x to 1.2x faster); the whole batch otherwise.
+        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks
+        (`auto_pairs_per_step`): on CPU, one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens
+        (512x384: 1536), whose decoder and DPT activations then stay in cache (1.1x to 1.2x faster), the
+        whole batch otherwise; on GPU / TPU, the largest sub-step whose temporaries fit `DECODE_TEMP_BYTES`
+        (batch 8 of 512x384 DPT pairs: 2 pairs at a time, about 1.1 GiB instead of 4.1 GiB).
     """
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,
@@ -160,15 +206,16 @@ class InferenceEngine:
         return self.encoder_batch_size * (1 << max(0, math.ceil(math.log2(nb))))
 
     def empty_store(self, hw: tuple[int, int], n: int) -> tuple[jax.Array, jax.Array]:
-        """Zeroed replicated feature / position stores for `n` images of size `hw`."""
+        """Zeroed feature / position stores for `n` images of size `hw`, split over the mesh on the image axis
+        (the capacity is a multiple of the encoder batch, itself a multiple of the device count)."""
         be = self.encoder_batch_size
         img_spec = jax.ShapeDtypeStruct((be, *hw, 3), jnp.float32)
         ts_spec = jax.ShapeDtypeStruct((be, 2), jnp.int32)
         f_spec, p_spec = jax.eval_shape(
             lambda p, i, t: encode_images(self.config, p, i, t, self.attention_impl), self.params, img_spec, ts_spec)
         cap = self._store_capacity(n)
-        return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._rep),
-                jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._rep))
+        return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._data),
+                jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._data))
 
     def encode(self, images: Sequence[DistinctImage],
                verbose: bool = False) -> tuple[dict[tuple, tuple[tuple, int]], dict[tuple, _Store]]:
@@ -209,9 +256,9 @@ class InferenceEngine:
     def _pairs_per_step(self, hw1: tuple[int, int], hw2: tuple[int, int]) -> int | None:
         if self.pairs_per_step is not None:
             return self.pairs_per_step
-        tokens = (hw1[0] * hw1[1] + hw2[0] * hw2[1]) // self.config.patch_size**2
-        on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
-        return self.n_devices if on_cpu and tokens >= CPU_PAIR_TOKENS else None
+        platforms = {d.platform for d in self.mesh.devices.flat}
+        return auto_pairs_per_step(self.config, hw1, hw2, self.batch_size, self.n_devices,
+                                   "cpu" if platforms == {"cpu"} else "accelerator")
 
     def _batches(self, pairs: Sequence[Pair], verbose: bool) -> Iterator[tuple[tuple, list[int], int, list[int], tuple]]:
         """Encode, then yield (bucket shapes, bucket members, batch row j, pair indices of the batch's real rows,

@@ -325,14 +325,15 @@ def bench(name: str, n: int, batch: int, dtype, impl: str | None, official: bool
     wall = time.perf_counter() - t0
     st = eng.stats
     assert st.encoder_images == n and st.n_pairs == len(pairs)
-    host = st.fetch_s + st.collate_s
+    fetch_s, collate_s = getattr(st, "fetch_s", 0.0), getattr(st, "collate_s", 0.0)  # (older engines: absent)
+    host = fetch_s + collate_s
     outside = wall - st.encode_s - st.decode_s
     print(f"   f3d-jax: {len(pairs)} pairs in {wall:.1f} s = {len(pairs) / wall:.3f} pairs/s "
           f"({wall / len(pairs):.3f} s/pair)")
     print(f"     encoder {st.encode_s:.2f} s ({st.encoder_images} images, {st.encode_s / n:.3f} s/image), "
           f"decoder+heads {st.decode_s:.2f} s ({st.decode_s / len(pairs):.3f} s/pair)")
-    print(f"     host share of wall time: {100 * host / wall:.1f}% (device-to-host {st.fetch_s:.3f} s + official "
-          f"layout {st.collate_s:.3f} s); outside encoder/decoder: {100 * outside / wall:.1f}% ({outside:.3f} s)")
+    print(f"     host share of wall time: {100 * host / wall:.1f}% (device-to-host {fetch_s:.3f} s + official "
+          f"layout {collate_s:.3f} s); outside encoder/decoder: {100 * outside / wall:.1f}% ({outside:.3f} s)")
     achieved = (n * f_img + len(pairs) * f_pair) / wall / 1e3  # TFLOP/s
     pk = peak_tflops(dev, dtype, peak_override)
     frac = f" = {100 * achieved / pk:.1f}% of the device's peak {pk:.0f} TFLOP/s" if pk else \

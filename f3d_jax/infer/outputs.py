@@ -88,8 +88,10 @@ class PairOutputs:
 
     def keys(self, which: int) -> list[str]:
         """The prediction keys of pred1 (which=0) / pred2 (which=1)."""
-        i = 0
-        return list((self._fetched[i] if self.segments[i].preds is None else self.segments[i].preds)[which])
+        if self._host is not None:
+            return list(self._host[0][which])
+        seg = self.segments[0]
+        return list((self._fetched[0] if seg.preds is None else seg.preds)[which])
 
     def host(self) -> list[Preds]:
         """Per bucket, (pred1, pred2) dicts of (n, H, W, ...) writable numpy arrays, rows in `buckets` order:

@@ -11,11 +11,15 @@ each (the ViT encoder twice per pair, once per pair on symmetrized same-size bat
 2. pairs are grouped by (view-1 shape, view-2 shape) bucket and decoded in batches of a fixed size
    (the last one padded) that gather their features from the store inside the jitted step (on CPU,
    a step runs large pairs one per device at a time, `lax.map`, so their activations stay in cache);
-3. everything runs on a 1-D `('data',)` mesh over the chosen devices: params and the feature store
-   replicated, every image / pair batch split on its batch axis (the batch is rounded up to a
+3. everything runs on a 1-D `('data',)` mesh over the chosen devices: params replicated, the feature
+   stores split on their image axis (the decode step gathers the rows its pairs need), every image /
+   pair batch split on its batch axis (the batch is rounded up to a
    multiple of the device count);
-4. each decoded batch is moved to the host (numpy) as soon as the next one is dispatched, so the
-   device never holds more than two batches of pointmaps.
+4. each decoded batch is written, where it was produced, into its shape bucket's output buffers
+   (`f3d_jax.infer.outputs`): predictions stay on the devices until asked for, then come to the host in
+   one transfer per bucket (started as soon as the bucket is decoded), and the official layout is made
+   of views of those arrays, not per-pair copies. Peak device memory: the stores, one bucket's outputs
+   and the step's temporaries.
 
 State: an `InferenceEngine` prepares (casts, replicates) the model's params once, when it is built,
 and owns that copy; nothing is kept at module level but JAX's cache of compiled steps
@@ -40,15 +44,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f3d_jax.infer.collate import collate_preds, collate_views, inference_result, rename_view2, same_size
+from f3d_jax.infer.collate import collate_preds, collate_views, rename_view2, same_size
+from f3d_jax.infer.outputs import Bucket, LazyRows, PairOutputs
 from f3d_jax.infer.steps import (batch_sharded, cast_for_inference, decode_step, encode_step, make_mesh,
-                                 prepare_params, replicated)
+                                 place_batch, prepare_params, replicated, rows_sharded)
 from f3d_jax.infer.views import DistinctImage, Pair, PairInputError, View, check_pairs, distinct_images
 from f3d_jax.models.config import DUSt3RConfig
 from f3d_jax.models.model import Model, encode_images
 
 # The public names of the engine, with those now defined in views / steps / collate (importable from here as before).
-__all__ = ["CPU_PAIR_TOKENS", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
+__all__ = ["CPU_PAIR_TOKENS", "DECODE_TEMP_BYTES", "auto_pairs_per_step", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
            "collate_preds", "collate_views", "inference", "make_mesh", "same_size", "symmetric_inference",
            "symmetric_inference_pairs"]
 
@@ -68,20 +73,69 @@ class EngineStats:
     decoder_pairs: int = 0
     decoder_calls: int = 0
     encode_s: float = 0.0  # wall time, dispatch + compile + run (blocked at the end of encoding)
-    decode_s: float = 0.0  # iter_batches: dispatch only; predict / __call__: until the last batch is on the host
+    decode_s: float = 0.0  # iter_batches: dispatch only; decode / predict / __call__: until the last batch is decoded
+    fetch_s: float = 0.0  # predict / __call__: device-to-host transfer after decoding (one per shape bucket)
+    collate_s: float = 0.0  # __call__: building the official layout (views of the fetched arrays, input views)
     buckets: dict = dataclasses.field(default_factory=dict)  # (hw1, hw2) -> number of pairs
 
 
 @dataclasses.dataclass
 class _Store:
-    feat: jax.Array  # (C, N, Ce) replicated
-    pos: jax.Array  # (C, N, 2) int32 replicated
+    feat: jax.Array  # (C, N, Ce) sharded on 'data' (image axis)
+    pos: jax.Array  # (C, N, 2) int32 sharded on 'data' 
 
 
 # On CPU, pairs with at least this many tokens (both views) are decoded one per device at a time (measured on
 # a 2-core EPYC: 512x384 DPT pairs (1536 tokens) 1.1-1.2x faster than in a batch of 4; 224x224 pairs (392)
 # as fast or faster batched).
 CPU_PAIR_TOKENS = 1024
+
+# With host outputs, predictions are decoded into segments of about this many bytes, each moved to the host
+# while the next is decoded (`InferenceEngine.decode`): large transfers, bounded device memory.
+OUTPUT_SEGMENT_BYTES = 1 << 30
+
+
+# Off the CPU, the decode step's temporaries are kept under this many bytes by decoding a batch in sequential
+# sub-steps (`auto_pairs_per_step`), so that batch 8 of 512x384 DPT pairs fits a 16 GB GPU next to the weights,
+# the feature stores and the outputs (the whole batch at once: 4.1 GiB of temporaries, XLA memory analysis).
+DECODE_TEMP_BYTES = 3 << 29  # 1.5 GiB
+
+# Temporaries of the DPT heads per output pixel of a pair (both views summed), by XLA's memory analysis of the
+# decode step (CPU, float32 heads, 512x384, full-size and tiny trunks alike: 528 MiB per pair, i.e. about
+# 1.4 kB per pixel of each view): the DPT heads' full-resolution feature maps dominate the step's memory.
+DPT_TEMP_BYTES_PER_PIXEL = 1408
+
+
+def decode_temp_bytes(config: DUSt3RConfig, hw1: tuple[int, int], hw2: tuple[int, int], pairs: int) -> int:
+    """Estimated temporaries of a decode step running `pairs` pairs at once (DPT heads; 0 for linear heads,
+    whose maps are token-sized)."""
+    if "dpt" not in str(config.head_type):
+        return 0
+    return pairs * DPT_TEMP_BYTES_PER_PIXEL * (hw1[0] * hw1[1] + hw2[0] * hw2[1])
+
+
+def auto_pairs_per_step(config: DUSt3RConfig, hw1: tuple[int, int], hw2: tuple[int, int], batch: int,
+                        n_devices: int, platform: str, temp_bytes: int | None = None) -> int | None:
+    """The decoder's sub-step size (`InferenceEngine` `pairs_per_step`) chosen from the backend.
+
+    * CPU: one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens (activations stay in cache);
+      the whole batch otherwise.
+    * GPU / TPU ('accelerator'): the whole batch when its estimated temporaries (`decode_temp_bytes`, per
+      device) fit `temp_bytes` (default `DECODE_TEMP_BYTES`); otherwise the largest sub-step (a multiple of
+      `n_devices` dividing `batch`) that fits, at least one pair per device.
+
+    Returns:
+      pairs per sub-step, or None for the whole batch in one step.
+    """
+    if platform == "cpu":
+        tokens = (hw1[0] * hw1[1] + hw2[0] * hw2[1]) // config.patch_size**2
+        return n_devices if tokens >= CPU_PAIR_TOKENS else None
+    budget = DECODE_TEMP_BYTES if temp_bytes is None else temp_bytes
+    if decode_temp_bytes(config, hw1, hw2, batch // n_devices) <= budget:
+        return None
+    fits = [k for k in range(n_devices, batch, n_devices)
+            if batch % k == 0 and decode_temp_bytes(config, hw1, hw2, k // n_devices) <= budget]
+    return max(fits, default=n_devices)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -100,16 +154,22 @@ class InferenceEngine:
     Args:
       model: a DUSt3R / MASt3R `Model`.
       batch_size: pairs per decoder step; rounded up to a multiple of the device count.
-      dtype: compute dtype of encoder and decoders (e.g. `jnp.bfloat16`); heads stay float32.
-        None keeps the params' dtype.
+      dtype: compute dtype of encoder and decoders (e.g. `jnp.bfloat16`); None keeps the params' dtype.
+        The heads stay float32 (their params are not cast: the official autocast runs them in float32), the
+        documented default. Heads in bf16 too (less memory and time on GPU/TPU) is the choice of passing a
+        model whose params are all bf16 with `dtype=None`. `experiments/bench_inference.py --accuracy`
+        measures both against float32 (full-size DUSt3R-224-linear, random weights, CPU: max relative error
+        3.4e-2 with float32 heads, 3.5e-2 with bf16 heads: the bf16 trunk dominates).
       attention_impl: `implementation` of `jax.nn.dot_product_attention` ('cudnn' on GPU bf16,
         None for XLA).
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
-        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks: on
-        CPU, one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens (512x384: 1536), whose
-        decoder and DPT activations then stay in cache (1.1x to 1.2x faster); the whole batch otherwise.
+        multiple of the device count dividing the batch size; `decode_pairs`). None (default) picks
+        (`auto_pairs_per_step`): on CPU, one pair per device for pairs of at least `CPU_PAIR_TOKENS` tokens
+        (512x384: 1536), whose decoder and DPT activations then stay in cache (1.1x to 1.2x faster), the
+        whole batch otherwise; on GPU / TPU, the largest sub-step whose temporaries fit `DECODE_TEMP_BYTES`
+        (batch 8 of 512x384 DPT pairs: 2 pairs at a time, about 1.1 GiB instead of 4.1 GiB).
     """
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,
@@ -140,6 +200,7 @@ class InferenceEngine:
         self.params = prepare_params(model.params, self.dtype, self.mesh)  # owned: see the class docstring
         self._data = batch_sharded(self.mesh)
         self._rep = replicated(self.mesh)
+        self._rows = rows_sharded(self.mesh)
         self.stats = EngineStats()
 
     # -- encoder -----------------------------------------------------------------------------
@@ -149,15 +210,16 @@ class InferenceEngine:
         return self.encoder_batch_size * (1 << max(0, math.ceil(math.log2(nb))))
 
     def empty_store(self, hw: tuple[int, int], n: int) -> tuple[jax.Array, jax.Array]:
-        """Zeroed replicated feature / position stores for `n` images of size `hw`."""
+        """Zeroed feature / position stores for `n` images of size `hw`, split over the mesh on the image axis
+        (the capacity is a multiple of the encoder batch, itself a multiple of the device count)."""
         be = self.encoder_batch_size
         img_spec = jax.ShapeDtypeStruct((be, *hw, 3), jnp.float32)
         ts_spec = jax.ShapeDtypeStruct((be, 2), jnp.int32)
         f_spec, p_spec = jax.eval_shape(
             lambda p, i, t: encode_images(self.config, p, i, t, self.attention_impl), self.params, img_spec, ts_spec)
         cap = self._store_capacity(n)
-        return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._rep),
-                jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._rep))
+        return (jnp.zeros((cap, *f_spec.shape[1:]), f_spec.dtype, device=self._data),
+                jnp.zeros((cap, *p_spec.shape[1:]), jnp.int32, device=self._data))
 
     def encode(self, images: Sequence[DistinctImage],
                verbose: bool = False) -> tuple[dict[tuple, tuple[tuple, int]], dict[tuple, _Store]]:
@@ -198,17 +260,13 @@ class InferenceEngine:
     def _pairs_per_step(self, hw1: tuple[int, int], hw2: tuple[int, int]) -> int | None:
         if self.pairs_per_step is not None:
             return self.pairs_per_step
-        tokens = (hw1[0] * hw1[1] + hw2[0] * hw2[1]) // self.config.patch_size**2
-        on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
-        return self.n_devices if on_cpu and tokens >= CPU_PAIR_TOKENS else None
+        platforms = {d.platform for d in self.mesh.devices.flat}
+        return auto_pairs_per_step(self.config, hw1, hw2, self.batch_size, self.n_devices,
+                                   "cpu" if platforms == {"cpu"} else "accelerator")
 
-    def iter_batches(self, pairs: Sequence[Pair], verbose: bool = False) -> Iterator[tuple[list[int], tuple]]:
-        """Encode every distinct image once, then yield decoded pair batches as they are dispatched.
-
-        Yields:
-          (pair indices of the batch's real rows, (pred1, pred2) device arrays of batch
-          `self.batch_size` sharded on 'data' (rows past the real ones are padding)).
-        """
+    def _batches(self, pairs: Sequence[Pair], verbose: bool) -> Iterator[tuple[tuple, list[int], int, list[int], tuple]]:
+        """Encode, then yield (bucket shapes, bucket members, batch row j, pair indices of the batch's real rows,
+        (pred1, pred2)) per decoded batch, as dispatched."""
         pairs = check_pairs(pairs, "inference")
         per_pair, distinct = distinct_images(pairs, "inference")
         st = self.stats = EngineStats(n_pairs=len(pairs), n_images=len(distinct))
@@ -224,6 +282,7 @@ class InferenceEngine:
         st.buckets = {k: len(v) for k, v in buckets.items()}
         bs = self.batch_size
         bar = _progress(len(pairs), "decode", "pair", verbose)
+        put = functools.partial(jax.device_put, device=self._data)
         for (hw1, hw2), members in buckets.items():
             step = functools.partial(decode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh,
                                      hw1=hw1, hw2=hw2, pairs_per_step=self._pairs_per_step(hw1, hw2))
@@ -235,45 +294,94 @@ class InferenceEngine:
                 i2 = np.array([slot[per_pair[k][1].key][1] for k in rows], np.int32)
                 ts1 = np.stack([per_pair[k][0].true_shape for k in rows])
                 ts2 = np.stack([per_pair[k][1].true_shape for k in rows])
-                put = functools.partial(jax.device_put, device=self._data)
                 out = step(self.params, s1.feat, s1.pos, s2.feat, s2.pos, put(i1), put(i2), put(ts1), put(ts2))
                 st.decoder_calls += 1
                 st.decoder_pairs += len(chunk)
-                yield chunk, out
+                yield (hw1, hw2), members, start // bs, chunk, out
                 bar.update(len(chunk))
         bar.close()
         st.decode_s = time.perf_counter() - t0
 
-    def predict(self, pairs: Sequence[Pair], verbose: bool = False) -> list[tuple[dict, dict]]:
-        """Per-pair predictions on the host: [(pred1, pred2)] with (H, W, ...) numpy arrays (no batch dim).
+    def iter_batches(self, pairs: Sequence[Pair], verbose: bool = False) -> Iterator[tuple[list[int], tuple]]:
+        """Encode every distinct image once, then yield decoded pair batches as they are dispatched.
 
-        Batch k's results are fetched after batch k+1 is dispatched (one batch of overlap).
+        Yields:
+          (pair indices of the batch's real rows, (pred1, pred2) device arrays of batch
+          `self.batch_size` sharded on 'data' (rows past the real ones are padding)).
         """
-        n = len(check_pairs(pairs, "inference"))
-        out: list[Any] = [None] * n
-        pending: tuple[list[int], Any] | None = None
+        for _, _, _, chunk, out in self._batches(pairs, verbose):
+            yield chunk, out
 
-        def land(item):
-            idx, preds = item
-            host = jax.device_get(preds)
-            for r, k in enumerate(idx):
-                out[k] = tuple({name: arr[r] for name, arr in pr.items()} for pr in host)
+    def decode(self, pairs: Sequence[Pair], verbose: bool = False, *, to_host: bool = False,
+               segment_bytes: int = OUTPUT_SEGMENT_BYTES) -> PairOutputs:
+        """Encode and decode `pairs`; the predictions stay on the devices (`PairOutputs`: per shape bucket,
+        buffers that each batch is written into where it was decoded).
 
-        for item in self.iter_batches(pairs, verbose):
-            if pending is not None:
-                land(pending)
-            pending = item
-        if pending is not None:
-            land(pending)
-        self.stats.decode_s = time.perf_counter() - self._decode_t0  # up to the last batch on the host
+        Args:
+          to_host: the caller will want host arrays: a bucket is cut into segments of at most `segment_bytes`
+            of predictions (at least one batch); each segment's copy to the host starts as soon as it is
+            decoded, and it is moved to the host (device buffers dropped) once the next one is decoded, so
+            the devices never hold more than two segments of predictions, however large the graph.
+            False: one segment per bucket, all kept on the devices.
+
+        `stats.decode_s` runs until the last batch is decoded (blocked on it).
+        """
+        out = PairOutputs(0)
+        buf: Any = None
+        for key, members, j, _, pred in self._batches(pairs, verbose):
+            if j == 0 or j == seg_end:  # a new segment
+                per_batch = sum(a.nbytes for a in jax.tree.leaves(pred))
+                nb_bucket = -(-len(members) // self.batch_size)
+                seg_nb = nb_bucket if not to_host else max(1, min(nb_bucket, segment_bytes // max(1, per_batch)))
+                seg0, seg_end = j, min(j + seg_nb, nb_bucket)
+                buf = jax.tree.map(lambda o, nb=seg_end - seg0: jnp.zeros((nb, *o.shape), o.dtype, device=self._rows),
+                                   pred)
+            buf = place_batch(buf, pred, np.int32(j - seg0), mesh=self.mesh)
+            if j == seg_end - 1:
+                rows = members[seg0 * self.batch_size:seg_end * self.batch_size]
+                out.add(Bucket(key, tuple(rows), buf), start_transfer=to_host)
+                buf = None
+                if to_host and len(out.segments) > 1:
+                    out.release(len(out.segments) - 2)
+        out.n_pairs = self.stats.n_pairs
+        jax.block_until_ready([s.preds for s in out.segments if s.preds is not None])
+        self.stats.decode_s = time.perf_counter() - self._decode_t0
         return out
 
-    def __call__(self, pairs: Sequence[Pair], verbose: bool = False) -> dict[str, Any]:
-        """The official `inference` result for `pairs` (layouts: `f3d_jax.infer.collate`)."""
+    def predict(self, pairs: Sequence[Pair], verbose: bool = False) -> PairOutputs:
+        """Per-pair predictions on the host: a sequence of (pred1, pred2) with (H, W, ...) numpy arrays (no
+        batch dim; row views of one host array per shape bucket, fetched in one transfer per bucket)."""
+        out = self.decode(pairs, verbose, to_host=True)
+        t0 = time.perf_counter()
+        out.host()
+        self.stats.fetch_s = time.perf_counter() - t0
+        return out
+
+    def __call__(self, pairs: Sequence[Pair], verbose: bool = False, *, to_host: bool = True) -> dict[str, Any]:
+        """The official `inference` result for `pairs` (layouts: `f3d_jax.infer.collate`).
+
+        `to_host=False` leaves the predictions on the devices: `pred{1,2}` then hold (P, H, W, ...) device
+        arrays in the batched layout, and `LazyRows` (one host transfer per bucket on first read) in the
+        per-pair list layout."""
         pairs = check_pairs(pairs, "inference")
         if verbose:
             print(f">> Inference with model on {len(pairs)} image pairs")
-        return inference_result(pairs, self.predict(pairs, verbose))
+        out = self.predict(pairs, verbose) if to_host else self.decode(pairs, verbose)
+        t0 = time.perf_counter()
+        lists = not same_size(pairs)
+        if lists:
+            if to_host:
+                rows = list(out)  # numpy row views of the per-bucket host arrays
+                preds = tuple(collate_preds([r[w] for r in rows], True) for w in (0, 1))
+            else:
+                preds = tuple({k: LazyRows(out, w, k) for k in out.keys(w)} for w in (0, 1))
+        else:
+            preds = out.stacked(to_host)
+        res = {"view1": collate_views([p[0] for p in pairs], lists),
+               "view2": collate_views([p[1] for p in pairs], lists),
+               "pred1": preds[0], "pred2": preds[1]}
+        self.stats.collate_s = time.perf_counter() - t0
+        return res
 
 
 
@@ -289,7 +397,8 @@ def _progress(total: int, desc: str, unit: str, verbose: bool):
 
 def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose: bool = True, *,
               dtype: Any = None, attention_impl: str | None = None, devices: Sequence[jax.Device] | None = None,
-              encoder_batch_size: int | None = None, pairs_per_step: int | None = None) -> dict[str, Any]:
+              encoder_batch_size: int | None = None, pairs_per_step: int | None = None,
+              to_host: bool = True) -> dict[str, Any]:
     """Pairwise predictions, the official `dust3r.inference.inference(pairs, model, device, batch_size)`.
 
     Each distinct image is encoded once; pairs are decoded in padded, fixed-size batches sharded
@@ -311,6 +420,9 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
       devices: devices of the 1-D data mesh (default: all of `jax.devices()`).
       encoder_batch_size: images per encoder step (default `batch_size`).
       pairs_per_step: pairs decoded at a time within a step (`InferenceEngine`; default: automatic).
+      to_host: True (default): predictions as numpy arrays, fetched in one transfer per shape bucket.
+        False: they stay on the devices: (P, H, W, ...) `jax.Array`s in the batched layout, `LazyRows`
+        (numpy rows, fetched per bucket on first read) in the per-pair list layout.
 
     Returns:
       `{'view1', 'view2', 'pred1', 'pred2'}` with numpy arrays on the host, in pair order. Batched
@@ -327,7 +439,7 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
     """
     engine = InferenceEngine(model, batch_size, dtype=dtype, attention_impl=attention_impl, devices=devices,
                              encoder_batch_size=encoder_batch_size, pairs_per_step=pairs_per_step)
-    return engine(pairs, verbose)
+    return engine(pairs, verbose, to_host=to_host)
 
 
 def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = None,
@@ -368,9 +480,19 @@ def symmetric_inference_pairs(pairs: Sequence[Pair], model: Model, batch_size: i
     """
     pairs = check_pairs(pairs, "symmetric_inference_pairs")
     engine = InferenceEngine(model, batch_size, **engine_kw)
-    preds = engine.predict(list(pairs) + [(b, a) for a, b in pairs], verbose)
+    out = engine.predict(list(pairs) + [(b, a) for a, b in pairs], verbose)
     n = len(pairs)
     lists = not same_size(pairs)
+    if not lists:  # one bucket (both directions, equal shapes) or two (forward, backward): views, no per-pair copy
+        host = out.host()
+        if len(host) == 1:
+            h1, h2 = host[0]
+            (f1, f2), (b1, b2) = [tuple({k: v[sl] for k, v in h.items()} for h in (h1, h2))
+                                  for sl in (slice(None, n), slice(n, None))]
+        else:
+            (f1, f2), (b1, b2) = host
+        return {"res11": dict(f1), "res21": rename_view2(f2), "res22": dict(b1), "res12": rename_view2(b2)}
+    preds = list(out)
     fwd, bwd = preds[:n], preds[n:]
     return {
         "res11": collate_preds([p[0] for p in fwd], lists),

@@ -32,13 +32,19 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Every device of `mesh` holds the whole array (params, feature stores)."""
+    """Every device of `mesh` holds the whole array (params)."""
     return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """The leading (batch) axis split over `mesh`'s 'data' axis (images, pair batches, outputs)."""
+    """The leading (batch) axis split over `mesh`'s 'data' axis (images, feature stores, pair batches, outputs)."""
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def rows_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Axis 1 split over 'data': output buffers `(n_batches, B, ...)` holding one decoded batch per row,
+    each stored where the decode step produced it (placing a batch moves nothing between devices)."""
+    return NamedSharding(mesh, PartitionSpec(None, "data"))
 
 
 def cast_for_inference(params: Mapping, dtype: Any) -> dict:
@@ -67,21 +73,25 @@ def prepare_params(params: Mapping, dtype: Any, mesh: jax.sharding.Mesh) -> dict
 def encode_step(params: Mapping, store_f: jax.Array, store_p: jax.Array, img: jax.Array, ts: jax.Array,
                 offset: jax.Array, *, config: DUSt3RConfig, impl: str | None,
                 mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
-    """Encode a batch and write it into the replicated stores at row `offset` (stores donated).
+    """Encode a batch and write it into the stores at row `offset` (stores donated).
+
+    The stores are split over the mesh on their image axis (each device holds C / n_devices images' features:
+    several devices serving one graph hold it once, not once each); the decode step gathers the rows its pairs
+    need (XLA inserts the collectives).
 
     Args:
       params: prepared params (`prepare_params`), replicated.
-      store_f, store_p: (C, N, Ce) features and (C, N, 2) int32 positions of one image shape, replicated.
+      store_f, store_p: (C, N, Ce) features and (C, N, 2) int32 positions of one image shape, sharded on 'data'.
       img: (B, H, W, 3) float32, ts: (B, 2) int32 true shapes, both sharded on 'data'.
       offset: int32 scalar, first store row of this batch.
 
     Returns:
-      the updated (store_f, store_p), replicated.
+      the updated (store_f, store_p), sharded on 'data'.
     """
     f, p = encode_images(config, params, img, ts, impl)
     store_f = jax.lax.dynamic_update_slice(store_f, f.astype(store_f.dtype), (offset, 0, 0))
     store_p = jax.lax.dynamic_update_slice(store_p, p.astype(store_p.dtype), (offset, 0, 0))
-    return jax.lax.with_sharding_constraint((store_f, store_p), replicated(mesh))
+    return jax.lax.with_sharding_constraint((store_f, store_p), batch_sharded(mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "impl", "mesh", "hw1", "hw2", "pairs_per_step"))
@@ -92,7 +102,7 @@ def decode_step(params: Mapping, sf1: jax.Array, sp1: jax.Array, sf2: jax.Array,
     """Gather a pair batch's features from the stores, run both decoders and heads (`decode_pairs`).
 
     Args:
-      sf1, sp1 / sf2, sp2: the stores of view 1's shape `hw1` / view 2's shape `hw2` (replicated).
+      sf1, sp1 / sf2, sp2: the stores of view 1's shape `hw1` / view 2's shape `hw2` (sharded on 'data').
       i1, i2: (B,) int32 store rows of each pair's views; ts1, ts2: (B, 2) int32 true shapes; sharded on 'data'.
       pairs_per_step: decode the batch in sequential sub-steps of this many pairs (`in_steps`).
 
@@ -101,3 +111,19 @@ def decode_step(params: Mapping, sf1: jax.Array, sp1: jax.Array, sf2: jax.Array,
     """
     out = decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl, pairs_per_step)
     return jax.lax.with_sharding_constraint(out, batch_sharded(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnums=(0,))
+def place_batch(buf: Any, out: Any, j: jax.Array, *, mesh: jax.sharding.Mesh) -> Any:
+    """Write one decoded batch into row `j` of a bucket's output buffers (donated: updated in place).
+
+    Args:
+      buf: pytree of (n_batches, B, H, W, ...) arrays (`rows_sharded`).
+      out: the same pytree of (B, H, W, ...) arrays, as `decode_step` returns it (sharded on 'data').
+      j: int32 scalar, the batch's row.
+
+    Returns:
+      the updated `buf`.
+    """
+    buf = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o.astype(b.dtype), j, 0), buf, out)
+    return jax.lax.with_sharding_constraint(buf, rows_sharded(mesh))

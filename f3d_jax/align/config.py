@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
 
-from f3d_jax.align.losses import CONF_MODES, DEFAULT_CHUNK_PIXELS, DISTS, ROBUST
+import jax
+
+from f3d_jax.align.losses import CONF_MODES, DEFAULT_CHUNK_PIXELS, DISTS, PRECISIONS, ROBUST
 from f3d_jax.align.parameterisation import PARAMETERISATIONS
 from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES
 
@@ -32,6 +37,9 @@ class DenseConfig:
       chunk_pixels: edge-pixels per block of the loss (C edges x T pixels, `losses.block_plan`): bounds the
         loop's temporaries and keeps each block in cache.
       b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
+      precision: matmul precision of the optimisation (loss, gradients, pose algebra; `with_matmul_precision`):
+        'highest' (exact float32 on every backend, default), 'high' (TF32 on GPU, bfloat16 x3 on TPU) or
+        'default' (the backend's fastest). Independent of `storage_dtype`.
     """
 
     niter: int = 300
@@ -53,6 +61,7 @@ class DenseConfig:
     b1: float = 0.9
     b2: float = 0.9
     eps: float = 1e-8
+    precision: str = "highest"
 
     def __post_init__(self) -> None:
         checks = [
@@ -62,9 +71,23 @@ class DenseConfig:
             ("dist", self.dist, DISTS),
             ("robust", self.robust, ROBUST),
             ("storage_dtype", self.storage_dtype, STORAGE_DTYPES),
+            ("precision", self.precision, PRECISIONS),
         ]
         for name, val, allowed in checks:
             if val not in allowed:
                 raise ValueError(f"DenseConfig: {name} must be one of {allowed}, got {val!r}")
         if int(self.niter) < 1:
             raise ValueError(f"DenseConfig: niter must be >= 1, got {self.niter}")
+
+
+def with_matmul_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates `fn(problem, start, config, ...)`: it is traced with every matmul that names no precision of its own
+    at `config.precision` (the parameterisations' rotation / SE3 algebra included), so that float32 means float32
+    on GPU and TPU too (their default would be TF32 / one bfloat16 pass)."""
+
+    @functools.wraps(fn)
+    def wrapped(problem: Any, start: Any, config: DenseConfig, *args: Any, **kwargs: Any) -> Any:
+        with jax.default_matmul_precision(config.precision):
+            return fn(problem, start, config, *args, **kwargs)
+
+    return wrapped

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
 
-from f3d_jax.align.losses import CONF_MODES, DISTS, ROBUST
+import jax
+
+from f3d_jax.align.losses import CONF_MODES, DISTS, PRECISIONS, ROBUST
 from f3d_jax.align.parameterisation import PARAMETERISATIONS
 from f3d_jax.align.schedules import DEFAULT_LR_MIN, SCHEDULES
 
@@ -37,6 +42,9 @@ class DenseConfig:
         multiple of the device count). None (default): automatic, on with >= 2 local devices and at least
         `core.SHARD_MIN_EDGE_PIXELS` edge-pixels; True/False force it (True with one device does nothing).
       b1, b2, eps: Adam hyper-parameters (official (0.9, 0.9), 1e-8).
+      precision: matmul precision of the optimisation (loss, gradients, pose algebra; `with_matmul_precision`):
+        'highest' (exact float32 on every backend, default), 'high' (TF32 on GPU, bfloat16 x3 on TPU) or
+        'default' (the backend's fastest). Independent of `storage_dtype`.
     """
 
     niter: int = 300
@@ -59,6 +67,7 @@ class DenseConfig:
     b1: float = 0.9
     b2: float = 0.9
     eps: float = 1e-8
+    precision: str = "highest"
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +77,7 @@ class DenseConfig:
             ("dist", self.dist, DISTS),
             ("robust", self.robust, ROBUST),
             ("storage_dtype", self.storage_dtype, STORAGE_DTYPES),
+            ("precision", self.precision, PRECISIONS),
         ]
         for name, val, allowed in checks:
             if val not in allowed:
@@ -78,3 +88,16 @@ class DenseConfig:
             raise ValueError(f"DenseConfig: chunk_pixels must be None (backend default) or >= 1, got {self.chunk_pixels}")
         if self.shard_edges not in (None, True, False):
             raise ValueError(f"DenseConfig: shard_edges must be None (automatic), True or False, got {self.shard_edges!r}")
+
+
+def with_matmul_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates `fn(problem, start, config, ...)`: it is traced with every matmul that names no precision of its own
+    at `config.precision` (the parameterisations' rotation / SE3 algebra included), so that float32 means float32
+    on GPU and TPU too (their default would be TF32 / one bfloat16 pass)."""
+
+    @functools.wraps(fn)
+    def wrapped(problem: Any, start: Any, config: DenseConfig, *args: Any, **kwargs: Any) -> Any:
+        with jax.default_matmul_precision(config.precision):
+            return fn(problem, start, config, *args, **kwargs)
+
+    return wrapped

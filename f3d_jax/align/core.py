@@ -15,7 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from f3d_jax.align import parameterisation as param_lib
-from f3d_jax.align.config import DenseConfig
+from f3d_jax.align.config import DenseConfig, with_matmul_precision
 from f3d_jax.align.losses import EDGE_AXIS, alignment_loss, apply_3x3
 from f3d_jax.align.schedules import lr_curve
 from f3d_jax.align.types import AlignResult, AlignState, DenseProblem
@@ -76,6 +76,7 @@ def _image_conf(conf_i: jax.Array, conf_j: jax.Array, ei: jax.Array, ej: jax.Arr
     return out.astype(jnp.float32)
 
 
+@with_matmul_precision
 def align_dense(problem: DenseProblem, start: AlignState, config: DenseConfig) -> AlignResult:
     """Pure dense GA core: optax Adam over the official (or manifold) parameters in one `lax.scan`.
 
@@ -192,6 +193,7 @@ def align_dense(problem: DenseProblem, start: AlignState, config: DenseConfig) -
             pred_i=pred_i, pred_j=pred_j, conf_i=conf_i, conf_j=conf_j, keep=keep, edge_weights=ew,
             ei=ei, ej=ej, conf_mode=c.conf, dist=c.dist, robust=c.robust,
             robust_scale=c.robust_scale, chunk_pixels=c.chunk_pixels, mesh=mesh, num_edges=E,
+            precision=c.precision,
         )
 
     # eps_root: frozen/pinned entries have v = 0 forever and d sqrt(v)/dv = inf there; a tiny eps_root keeps

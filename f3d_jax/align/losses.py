@@ -98,6 +98,10 @@ def pixel_weights(conf: jax.Array, keep: jax.Array, edge_w: jax.Array, idx: jax.
     return conf_transform(conf.astype(jnp.float32), mode) * keep[idx] * edge_w[:, None]
 
 
+# Matmul precision of the loss (`jax.default_matmul_precision` names): exact float32 ('highest') by default on
+# every backend; 'high' (TF32 on GPU) and 'default' trade the 1e-7 relative accuracy of the gradients for speed.
+PRECISIONS = ("highest", "high", "default")
+
 # Edge-pixels processed per block of the loss on a CPU: C edges x T pixels small enough that the dozen passes XLA
 # makes over a block stay in the L2 cache (bench_dense_ga: ~2.5x faster than 128k-epx chunks at 512x384).
 DEFAULT_CHUNK_PIXELS = 24576
@@ -173,7 +177,7 @@ def plan_blocks(E: int, P: int, chunk_pixels: int | None = None, backend: str | 
 
 @functools.lru_cache(maxsize=None)
 def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: str, chunk_pixels: int | None,
-                backend: str, mesh: Mesh | None = None):
+                backend: str, mesh: Mesh | None = None, precision: str = "highest"):
     """sum_{e,p} w rho(dist(r)) with a hand-written gradient computed in the same pass as the value.
 
     Why: autodiff of the loss keeps (E, 3, P) residuals alive for the backward pass and walks the data twice;
@@ -208,7 +212,7 @@ def _fused_term(dist: str, robust: str | None, robust_scale: float, conf_mode: s
     def block_grads(cam, t, M, pred, conf, keep, ew, idx):
         w, rho, g = pieces(cam, t, M, pred, conf, keep, ew, idx)
         g_cam = jax.ops.segment_sum(g, idx, num_segments=cam.shape[0])
-        g_M = -jnp.einsum("eat,ebt->eab", g, pred.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+        g_M = -jnp.einsum("eat,ebt->eab", g, pred.astype(jnp.float32), precision=precision)
         return jnp.sum(w * rho), g_cam, jnp.sum(g, axis=-1), g_M
 
     def value_and_grads(cam, t, M, pred, conf, keep, ew, idx):
@@ -308,6 +312,7 @@ def alignment_loss(
     backend: str | None = None,
     mesh: Mesh | None = None,
     num_edges: int | None = None,
+    precision: str = "highest",
 ) -> jax.Array:
     """The dense GA loss (scalar float32).
 
@@ -329,15 +334,18 @@ def alignment_loss(
       mesh: 1-D `Mesh` with axis EDGE_AXIS: split the edges over its devices (E must divide by its size; pad with
         zero-weight edges and give `num_edges`). None: one device.
       num_edges: the number of real edges when the edge arrays are padded (the loss is a mean over real edges).
+      precision: precision of the loss's matmuls (`PRECISIONS`; 'highest' = exact float32 on every backend).
     """
     if dist not in DISTS:
         raise ValueError(f"dist must be one of {DISTS}, got {dist!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     E, HW = conf_i.shape
     if mesh is not None and E % mesh.size:
         raise ValueError(f"alignment_loss: {E} edges do not split over {mesh.size} devices; pad them (zero weights)")
     backend = jax.default_backend() if backend is None else str(backend)
     term = _fused_term(dist, robust, float(robust_scale), conf_mode, None if chunk_pixels is None else int(chunk_pixels),
-                       backend, mesh)
+                       backend, mesh, precision)
     total = 0.0
     for idx, pred, conf in ((ei, pred_i, conf_i), (ej, pred_j, conf_j)):
         Rc = R_im[idx]  # (E, 3, 3)

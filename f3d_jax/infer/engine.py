@@ -51,6 +51,7 @@ from f3d_jax.infer.steps import (batch_sharded, cast_for_inference, decode_step,
 from f3d_jax.infer.views import DistinctImage, Pair, PairInputError, View, check_pairs, distinct_images
 from f3d_jax.models.config import DUSt3RConfig
 from f3d_jax.models.model import Model, encode_images
+from f3d_jax.nn.precision import check_precision
 
 # The public names of the engine, with those now defined in views / steps / collate (importable from here as before).
 __all__ = ["CPU_PAIR_TOKENS", "DECODE_TEMP_BYTES", "auto_pairs_per_step", "EngineStats", "InferenceEngine", "Pair", "PairInputError", "View", "cast_for_inference",
@@ -160,8 +161,11 @@ class InferenceEngine:
         model whose params are all bf16 with `dtype=None`. `experiments/bench_inference.py --accuracy`
         measures both against float32 (full-size DUSt3R-224-linear, random weights, CPU: max relative error
         3.4e-2 with float32 heads, 3.5e-2 with bf16 heads: the bf16 trunk dominates).
-      attention_impl: `implementation` of `jax.nn.dot_product_attention` ('cudnn' on GPU bf16,
-        None for XLA).
+      attention_impl: None (default: portable XLA attention, every backend), or the `implementation` of
+        `jax.nn.dot_product_attention` ('xla'; 'cudnn': NVIDIA GPU with a bfloat16/float16 `dtype` only).
+      precision: matmul/convolution precision of float32 compute: None (default) = 'highest' (exact float32,
+        `Precision.HIGHEST`) unless `dtype` is bfloat16/float16, then 'default' (the backend's fastest, heads
+        included); or 'highest' | 'high' (TF32 on GPU) | 'default'. See `f3d_jax.nn.precision`.
       devices: devices of the 1-D data mesh (default: all).
       encoder_batch_size: images per encoder step (default `batch_size`); rounded up likewise.
       pairs_per_step: the decoder step runs its batch in sequential sub-steps of this many pairs (a
@@ -174,7 +178,7 @@ class InferenceEngine:
 
     def __init__(self, model: Model, batch_size: int = 8, *, dtype: Any = None, attention_impl: str | None = None,
                  devices: Sequence[jax.Device] | None = None, encoder_batch_size: int | None = None,
-                 pairs_per_step: int | None = None):
+                 pairs_per_step: int | None = None, precision: str | None = None):
         if not isinstance(model, Model) or not isinstance(model.config, DUSt3RConfig):
             raise TypeError(f"inference needs a DUSt3R / MASt3R f3d_jax Model, got {type(model).__name__}"
                             + (f" with config {type(model.config).__name__}" if isinstance(model, Model) else ""))
@@ -197,6 +201,7 @@ class InferenceEngine:
         self.pairs_per_step = pairs_per_step
         self.dtype = None if dtype is None else jnp.dtype(dtype)
         self.attention_impl = attention_impl
+        self.precision = check_precision(precision)
         self.params = prepare_params(model.params, self.dtype, self.mesh)  # owned: see the class docstring
         self._data = batch_sharded(self.mesh)
         self._rep = replicated(self.mesh)
@@ -231,7 +236,8 @@ class InferenceEngine:
         by_shape: dict[tuple[int, int], list[DistinctImage]] = {}
         for im in images:
             by_shape.setdefault(im.hw, []).append(im)
-        step = functools.partial(encode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh)
+        step = functools.partial(encode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh,
+                                 precision=self.precision)
         be = self.encoder_batch_size
         slot: dict[tuple, tuple[tuple, int]] = {}
         stores: dict[tuple, _Store] = {}
@@ -285,7 +291,8 @@ class InferenceEngine:
         put = functools.partial(jax.device_put, device=self._data)
         for (hw1, hw2), members in buckets.items():
             step = functools.partial(decode_step, config=self.config, impl=self.attention_impl, mesh=self.mesh,
-                                     hw1=hw1, hw2=hw2, pairs_per_step=self._pairs_per_step(hw1, hw2))
+                                     hw1=hw1, hw2=hw2, pairs_per_step=self._pairs_per_step(hw1, hw2),
+                                     precision=self.precision)
             s1, s2 = stores[hw1], stores[hw2]
             for start in range(0, len(members), bs):
                 chunk = members[start:start + bs]
@@ -398,7 +405,7 @@ def _progress(total: int, desc: str, unit: str, verbose: bool):
 def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose: bool = True, *,
               dtype: Any = None, attention_impl: str | None = None, devices: Sequence[jax.Device] | None = None,
               encoder_batch_size: int | None = None, pairs_per_step: int | None = None,
-              to_host: bool = True) -> dict[str, Any]:
+              to_host: bool = True, precision: str | None = None) -> dict[str, Any]:
     """Pairwise predictions, the official `dust3r.inference.inference(pairs, model, device, batch_size)`.
 
     Each distinct image is encoded once; pairs are decoded in padded, fixed-size batches sharded
@@ -423,6 +430,7 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
       to_host: True (default): predictions as numpy arrays, fetched in one transfer per shape bucket.
         False: they stay on the devices: (P, H, W, ...) `jax.Array`s in the batched layout, `LazyRows`
         (numpy rows, fetched per bucket on first read) in the per-pair list layout.
+      precision: float32 matmul/conv precision (`InferenceEngine`; default: exact float32 for float32 compute).
 
     Returns:
       `{'view1', 'view2', 'pred1', 'pred2'}` with numpy arrays on the host, in pair order. Batched
@@ -438,13 +446,13 @@ def inference(pairs: Sequence[Pair], model: Model, batch_size: int = 8, verbose:
       TypeError: not a DUSt3R/MASt3R model, or a device string passed as `batch_size`.
     """
     engine = InferenceEngine(model, batch_size, dtype=dtype, attention_impl=attention_impl, devices=devices,
-                             encoder_batch_size=encoder_batch_size, pairs_per_step=pairs_per_step)
+                             encoder_batch_size=encoder_batch_size, pairs_per_step=pairs_per_step, precision=precision)
     return engine(pairs, verbose, to_host=to_host)
 
 
 def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = None,
-                        attention_impl: str | None = None,
-                        devices: Sequence[jax.Device] | None = None) -> tuple[dict, dict, dict, dict]:
+                        attention_impl: str | None = None, devices: Sequence[jax.Device] | None = None,
+                        precision: str | None = None) -> tuple[dict, dict, dict, dict]:
     """MASt3R's `symmetric_inference`: encode the pair once, decode both ways.
 
     Runs through a fresh engine (the two images encoded once, then the pairs (1, 2) and (2, 1) decoded
@@ -454,7 +462,7 @@ def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = No
     Args:
       model: a DUSt3R / MASt3R `Model`.
       img1, img2: image dicts with `img (1, H, W, 3)` (and optional `true_shape (1, 2)`).
-      dtype, attention_impl: as `inference`.
+      dtype, attention_impl, precision: as `inference`.
       devices: default the first device only (two pairs gain nothing from a wider mesh).
 
     Returns:
@@ -462,7 +470,7 @@ def symmetric_inference(model: Model, img1: View, img2: View, *, dtype: Any = No
       and view 2's points in view 1's frame (`model(view1, view2)`), res22/res12 = view 2's and
       view 1's points in view 2's frame. Points are under `pts3d` in all four (official naming).
     """
-    engine = InferenceEngine(model, 2, dtype=dtype, attention_impl=attention_impl,
+    engine = InferenceEngine(model, 2, dtype=dtype, attention_impl=attention_impl, precision=precision,
                              devices=jax.devices()[:1] if devices is None else devices)
     (r11, r21), (r22, r12) = engine.predict([(img1, img2), (img2, img1)])
     return tuple({k: v[None] for k, v in rename_view2(r).items()} for r in (r11, r21, r22, r12))

@@ -69,10 +69,10 @@ def prepare_params(params: Mapping, dtype: Any, mesh: jax.sharding.Mesh) -> dict
     return jax.device_put(p, replicated(mesh))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "impl", "mesh"), donate_argnums=(1, 2))
+@functools.partial(jax.jit, static_argnames=("config", "impl", "mesh", "precision"), donate_argnums=(1, 2))
 def encode_step(params: Mapping, store_f: jax.Array, store_p: jax.Array, img: jax.Array, ts: jax.Array,
                 offset: jax.Array, *, config: DUSt3RConfig, impl: str | None,
-                mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+                mesh: jax.sharding.Mesh, precision: str | None = None) -> tuple[jax.Array, jax.Array]:
     """Encode a batch and write it into the stores at row `offset` (stores donated).
 
     The stores are split over the mesh on their image axis (each device holds C / n_devices images' features:
@@ -84,32 +84,35 @@ def encode_step(params: Mapping, store_f: jax.Array, store_p: jax.Array, img: ja
       store_f, store_p: (C, N, Ce) features and (C, N, 2) int32 positions of one image shape, sharded on 'data'.
       img: (B, H, W, 3) float32, ts: (B, 2) int32 true shapes, both sharded on 'data'.
       offset: int32 scalar, first store row of this batch.
+      precision: matmul/conv precision of the encoder (`encode_images`).
 
     Returns:
       the updated (store_f, store_p), sharded on 'data'.
     """
-    f, p = encode_images(config, params, img, ts, impl)
+    f, p = encode_images(config, params, img, ts, impl, precision)
     store_f = jax.lax.dynamic_update_slice(store_f, f.astype(store_f.dtype), (offset, 0, 0))
     store_p = jax.lax.dynamic_update_slice(store_p, p.astype(store_p.dtype), (offset, 0, 0))
     return jax.lax.with_sharding_constraint((store_f, store_p), batch_sharded(mesh))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "impl", "mesh", "hw1", "hw2", "pairs_per_step"))
+@functools.partial(jax.jit, static_argnames=("config", "impl", "mesh", "hw1", "hw2", "pairs_per_step", "precision"))
 def decode_step(params: Mapping, sf1: jax.Array, sp1: jax.Array, sf2: jax.Array, sp2: jax.Array, i1: jax.Array,
                 i2: jax.Array, ts1: jax.Array, ts2: jax.Array, *, config: DUSt3RConfig, impl: str | None,
                 mesh: jax.sharding.Mesh, hw1: tuple[int, int], hw2: tuple[int, int],
-                pairs_per_step: int | None = None) -> tuple[dict, dict]:
+                pairs_per_step: int | None = None, precision: str | None = None) -> tuple[dict, dict]:
     """Gather a pair batch's features from the stores, run both decoders and heads (`decode_pairs`).
 
     Args:
       sf1, sp1 / sf2, sp2: the stores of view 1's shape `hw1` / view 2's shape `hw2` (sharded on 'data').
       i1, i2: (B,) int32 store rows of each pair's views; ts1, ts2: (B, 2) int32 true shapes; sharded on 'data'.
       pairs_per_step: decode the batch in sequential sub-steps of this many pairs (`in_steps`).
+      precision: matmul/conv precision of decoders and heads (`decode_pairs`).
 
     Returns:
       (pred1, pred2) dicts of (B, H, W, ...) arrays sharded on 'data'.
     """
-    out = decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl, pairs_per_step)
+    out = decode_pairs(config, params, sf1[i1], sp1[i1], sf2[i2], sp2[i2], hw1, hw2, ts1, ts2, impl, pairs_per_step,
+                       precision)
     return jax.lax.with_sharding_constraint(out, batch_sharded(mesh))
 
 

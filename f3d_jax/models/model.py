@@ -7,6 +7,11 @@
 
 Views follow the official vocabulary: `{'img': (B, H, W, 3) float32 in [-1, 1] (NHWC),
 'true_shape': (B, 2) int (height, width)}`.
+
+Precision: every entry point takes `precision` (static): None (default) traces the module with exact float32
+dots and convolutions (`Precision.HIGHEST`) when the params are float32 and at the backend's default when
+they are bfloat16 / float16; 'highest', 'high' (TF32 on GPU) or 'default' force one. See
+`f3d_jax.nn.precision`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from flax import nnx, struct
 
 from f3d_jax.models.config import CroCoConfig, DUSt3RConfig
+from f3d_jax.nn.precision import check_precision, matmul_precision
 
 
 def build_module(config: CroCoConfig, rngs: nnx.Rngs) -> nnx.Module:
@@ -80,17 +86,20 @@ def _dtype(params: Mapping) -> Any:
 # DUSt3R / MASt3R
 
 
-@functools.partial(jax.jit, static_argnames=("config", "with_inter", "impl"))
+@functools.partial(jax.jit, static_argnames=("config", "with_inter", "impl", "precision"))
 def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
                    true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                   with_inter: bool = False, impl: str | None = None):
+                   with_inter: bool = False, impl: str | None = None, precision: str | None = None):
     """`model(view1, view2)` on arrays.
 
     Args:
       img1, img2: (B, H1, W1, 3), (B, H2, W2, 3) in [-1, 1].
       true_shape1, true_shape2: (B, 2) int (height, width); only read by training-style models.
       with_inter: also return a dict of named intermediates (NHWC maps, (B, N, C) tokens).
-      impl: attention implementation for `jax.nn.dot_product_attention` (e.g. 'cudnn' on GPU bf16).
+      impl: attention implementation: None (portable XLA attention, the default), or the
+        `implementation` of `jax.nn.dot_product_attention` ('xla', or 'cudnn': GPU only, bf16/fp16 params,
+        not reached by `precision`).
+      precision: float32 matmul/conv precision, None | 'highest' | 'high' | 'default' (module docstring).
 
     Returns:
       pred1 {'pts3d' (B,H,W,3), 'conf' (B,H,W) [, 'desc' (B,H,W,D), 'desc_conf']},
@@ -100,16 +109,20 @@ def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2:
     model = _module(config, params)
     dt = _dtype(params)
     inter: dict | None = {} if with_inter else None
-    res1, res2 = model(img1.astype(dt), img2.astype(dt), true_shape1, true_shape2, inter, impl)
+    with matmul_precision(precision, dt):
+        res1, res2 = model(img1.astype(dt), img2.astype(dt), true_shape1, true_shape2, inter, impl)
     return (res1, res2, inter) if with_inter else (res1, res2)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "impl"))
+@functools.partial(jax.jit, static_argnames=("config", "impl", "precision"))
 def encode_images(config: DUSt3RConfig, params: Mapping, img: jax.Array, true_shape: jax.Array | None = None,
-                  impl: str | None = None) -> tuple[jax.Array, jax.Array]:
-    """Siamese encoder alone: (B, H, W, 3) -> feat (B, N, Ce), pos (B, N, 2) int32."""
+                  impl: str | None = None, precision: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Siamese encoder alone: (B, H, W, 3) -> feat (B, N, Ce), pos (B, N, 2) int32 (`impl`, `precision` as
+    `stereo_forward`)."""
     model = _module(config, params)
-    return model.encode(img.astype(_dtype(params)), true_shape, impl=impl)
+    dt = _dtype(params)
+    with matmul_precision(precision, dt):
+        return model.encode(img.astype(dt), true_shape, impl=impl)
 
 
 def in_steps(fn: Callable, args: tuple, per_step: int | None) -> Any:
@@ -135,15 +148,16 @@ def in_steps(fn: Callable, args: tuple, per_step: int | None) -> Any:
     return jax.tree.map(merge, out)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "hw1", "hw2", "impl", "pairs_per_step"))
+@functools.partial(jax.jit, static_argnames=("config", "hw1", "hw2", "impl", "pairs_per_step", "precision"))
 def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: jax.Array, feat2: jax.Array,
                  pos2: jax.Array, hw1: tuple[int, int], hw2: tuple[int, int],
                  true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                 impl: str | None = None, pairs_per_step: int | None = None):
+                 impl: str | None = None, pairs_per_step: int | None = None, precision: str | None = None):
     """Decoders + heads on pre-computed encodings (the encoder-cache path of pair inference).
 
     `pairs_per_step` runs the batch in sequential steps of that many pairs (see `in_steps`); the result
-    is the same.
+    is the same. `impl`, `precision` as `stereo_forward` (None resolves from the encoder/decoder params'
+    dtype, so float32 heads of bfloat16 trunk params run at the backend's default).
 
     Returns:
       (pred1, pred2) exactly as `stereo_forward`.
@@ -157,13 +171,14 @@ def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: 
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 
-    return in_steps(run, (feat1, pos1, feat2, pos2, true_shape1, true_shape2), pairs_per_step)
+    with matmul_precision(precision, _dtype(params)):
+        return in_steps(run, (feat1, pos1, feat2, pos2, true_shape1, true_shape2), pairs_per_step)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "impl"))
+@functools.partial(jax.jit, static_argnames=("config", "impl", "precision"))
 def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
                       true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                      impl: str | None = None):
+                      impl: str | None = None, precision: str | None = None):
     """Encode a pair once, run decoders + heads in both directions (MASt3R's `symmetric_inference`).
 
     The two images are encoded in one call when their sizes agree (as the official
@@ -172,14 +187,19 @@ def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, im
     Args:
       img1, img2: (B, H1, W1, 3), (B, H2, W2, 3) in [-1, 1].
       true_shape1, true_shape2: (B, 2) int (height, width); only read by training-style models.
+      impl, precision: as `stereo_forward`.
 
     Returns:
       (res11, res21, res22, res12): res11/res21 = view 1 as reference (`model(view1, view2)`),
       res22/res12 = view 2 as reference. Each is a dict of (B, H, W, ...) float32 maps whose
       points are under the key `pts3d` (no `pts3d_in_other_view` renaming, as the official code).
     """
-    model = _module(config, params)
-    dt = _dtype(params)
+    with matmul_precision(precision, _dtype(params)):
+        return _symmetric(_module(config, params), _dtype(params), img1, img2, true_shape1, true_shape2, impl)
+
+
+def _symmetric(model: nnx.Module, dt: Any, img1: jax.Array, img2: jax.Array, true_shape1: jax.Array | None,
+               true_shape2: jax.Array | None, impl: str | None):
     img1, img2 = img1.astype(dt), img2.astype(dt)
     hw1, hw2 = img1.shape[1:3], img2.shape[1:3]
     if hw1 == hw2:
@@ -201,14 +221,17 @@ def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, im
 # CroCo
 
 
-@functools.partial(jax.jit, static_argnames=("config", "with_inter"))
+@functools.partial(jax.jit, static_argnames=("config", "with_inter", "precision"))
 def croco_forward(config: CroCoConfig, params: Mapping, img1: jax.Array, img2: jax.Array, mask: jax.Array,
-                  with_inter: bool = False):
-    """CroCoNet pretraining forward: (out (B,N,p*p*3), mask (B,N) bool, target (B,N,p*p*3)) [, inter]."""
+                  with_inter: bool = False, precision: str | None = None):
+    """CroCoNet pretraining forward: (out (B,N,p*p*3), mask (B,N) bool, target (B,N,p*p*3)) [, inter].
+
+    `precision` as `stereo_forward`."""
     model = _module(config, params)
     dt = _dtype(params)
     inter: dict | None = {} if with_inter else None
-    out, mask, target = model(img1.astype(dt), img2.astype(dt), mask, inter)
+    with matmul_precision(precision, dt):
+        out, mask, target = model(img1.astype(dt), img2.astype(dt), mask, inter)
     return (out, mask, target, inter) if with_inter else (out, mask, target)
 
 
@@ -233,6 +256,10 @@ class Model:
 
     DUSt3R / MASt3R: `pred1, pred2 = model(view1, view2)`.
     CroCoNet: `out, mask, target = model(img1, img2, mask=mask)` (or `key=` to sample the mask).
+
+    Keywords: `return_intermediates`, `impl` (attention implementation, DUSt3R / MASt3R only) and `precision`
+    (None: exact float32 dots/convs for float32 params, the backend default for bfloat16 params; or
+    'highest' | 'high' | 'default'), as `stereo_forward`.
     """
 
     config: CroCoConfig = struct.field(pytree_node=False)
@@ -243,17 +270,20 @@ class Model:
         return isinstance(self.config, DUSt3RConfig)
 
     def __call__(self, a: Any, b: Any, *, mask: Any = None, key: jax.Array | None = None,
-                 return_intermediates: bool = False, impl: str | None = None):
+                 return_intermediates: bool = False, impl: str | None = None, precision: str | None = None):
+        precision = check_precision(precision)
         if self.is_stereo:
             img1, ts1 = _view_arrays(a, "view1")
             img2, ts2 = _view_arrays(b, "view2")
             if img1.shape[0] != img2.shape[0]:
                 raise ValueError(f"view1 and view2 have different batch sizes ({img1.shape[0]} vs {img2.shape[0]})")
-            return stereo_forward(self.config, self.params, img1, img2, ts1, ts2, return_intermediates, impl)
+            return stereo_forward(self.config, self.params, img1, img2, ts1, ts2, return_intermediates, impl,
+                                  precision)
         img1, img2 = jnp.asarray(a), jnp.asarray(b)
         if mask is None:
             if key is None:
                 raise ValueError("CroCoNet needs a `mask` (B, N) bool or a PRNG `key` to sample one")
             from f3d_jax.models.croco import random_mask
             mask = random_mask(key, img1.shape[0], self.config.num_patches, self.config.mask_ratio)
-        return croco_forward(self.config, self.params, img1, img2, jnp.asarray(mask, bool), return_intermediates)
+        return croco_forward(self.config, self.params, img1, img2, jnp.asarray(mask, bool), return_intermediates,
+                             precision)

@@ -127,9 +127,9 @@ def test_encoder_runs_once_per_image(fixture_model, monkeypatch):
     executed = []
     real_encode = steps_mod.encode_images
 
-    def counting_encode(config, params, img, true_shape=None, impl=None):
+    def counting_encode(config, params, img, true_shape=None, impl=None, precision=None):
         jax.debug.callback(lambda n: executed.append(int(n)), img.shape[0])
-        return real_encode(config, params, img, true_shape, impl)
+        return real_encode(config, params, img, true_shape, impl, precision)
 
     steps_mod.encode_step.clear_cache()  # retrace the step with the counting encoder
     monkeypatch.setattr(steps_mod, "encode_images", counting_encode)

@@ -29,12 +29,14 @@ SHARD_MIN_EDGE_PIXELS = 1 << 27
 
 def edge_mesh(shard_edges: bool | None, n_edges: int, n_pixels: int, devices: list | None = None) -> Mesh | None:
     """The 1-D mesh (axis `losses.EDGE_AXIS`) over `devices` (default: `jax.local_devices()`) the edges are split
-    over, or None (one device): `shard_edges` True/False forces it, None = automatic (>= 2 devices and
-    >= SHARD_MIN_EDGE_PIXELS edge-pixels)."""
+    over, or None (one device): `shard_edges` True/False forces it, None = automatic (>= 2 accelerator devices
+    and >= SHARD_MIN_EDGE_PIXELS edge-pixels). Never automatic on CPU devices: there the whole sharded loop
+    (a `lax.scan` with collectives in every step) intermittently deadlocks in XLA:CPU's collective rendezvous
+    with 8 virtual devices on 2 cores (jax 0.10.2), and a CPU gains nothing from splitting its own cores."""
     devices = jax.local_devices() if devices is None else list(devices)
     if len(devices) < 2 or shard_edges is False:
         return None
-    if shard_edges is None and n_edges * n_pixels < SHARD_MIN_EDGE_PIXELS:
+    if shard_edges is None and (devices[0].platform == "cpu" or n_edges * n_pixels < SHARD_MIN_EDGE_PIXELS):
         return None
     return Mesh(np.array(devices), (EDGE_AXIS,))
 

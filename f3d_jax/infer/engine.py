@@ -335,6 +335,7 @@ class InferenceEngine:
         """
         out = PairOutputs(0)
         buf: Any = None
+        seg0 = seg_end = 0
         for key, members, j, _, pred in self._batches(pairs, verbose):
             if j == 0 or j == seg_end:  # a new segment
                 per_batch = sum(a.nbytes for a in jax.tree.leaves(pred))

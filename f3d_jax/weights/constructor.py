@@ -11,11 +11,12 @@ the official `__init__` signatures.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import keyword
 import math
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from f3d_jax.models.config import argument_problem, arguments_problem, brief
@@ -324,6 +325,18 @@ def _get(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
+
+@contextlib.contextmanager
+def _naming(source: Any) -> Iterator[None]:
+    """A `ConstructorError` raised inside becomes a `CheckpointError` naming `source` (kept as is without one)."""
+    try:
+        yield
+    except ConstructorError as e:
+        if source is None:
+            raise
+        raise CheckpointError(source, e.problem) from None
+
+
 def checkpoint_constructor(ckpt: Mapping[str, Any], source: Any = None) -> tuple[str, dict[str, Any]]:
     """Class and training-time kwargs of a checkpoint read by `read_pth`.
 
@@ -339,7 +352,7 @@ def checkpoint_constructor(ckpt: Mapping[str, Any], source: Any = None) -> tuple
     Raises:
         CheckpointError: no usable constructor, or one that does not parse/validate.
     """
-    try:
+    with _naming(source):
         if "croco_kwargs" in ckpt:
             kw = ckpt["croco_kwargs"]
             if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
@@ -362,10 +375,6 @@ def checkpoint_constructor(ckpt: Mapping[str, Any], source: Any = None) -> tuple
                 )
             return "CroCoNet", {}  # CroCo v1 release: the official code uses CroCoNet() defaults
         raise ConstructorError("(missing)", "the checkpoint has neither 'croco_kwargs', 'args.model' nor a 'model' state dict")
-    except ConstructorError as e:
-        if source is None:
-            raise
-        raise CheckpointError(source, e.problem) from None
 
 
 def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tuple[str, dict[str, Any]]:
@@ -378,7 +387,7 @@ def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tupl
     Raises:
         CheckpointError: unknown keys or wrong types (naming `source`).
     """
-    try:
+    with _naming(source):
         if not isinstance(config, Mapping):
             raise ConstructorError("config.json", f"expected a JSON object, got {type(config).__name__}")
         if not all(isinstance(k, str) for k in config):
@@ -392,10 +401,6 @@ def hf_config_constructor(config: Mapping[str, Any], source: Any = None) -> tupl
             name = "AsymmetricCroCo3DStereo"
         validate_kwargs(name, kwargs, what="config.json")
         return name, kwargs
-    except ConstructorError as e:
-        if source is None:
-            raise
-        raise CheckpointError(source, e.problem) from None
 
 
 F3D_FORMAT = 1  # version of the `f3d_model.json` written by `save_model`
@@ -410,7 +415,7 @@ def f3d_config_constructor(meta: Any, source: Any = None) -> tuple[str, dict[str
     Raises:
         CheckpointError: another layout or format, an unknown class, or bad kwargs (naming `source`).
     """
-    try:
+    with _naming(source):
         if not isinstance(meta, Mapping):
             raise ConstructorError("f3d_model.json", f"expected a JSON object, got {type(meta).__name__}")
         keys = set(meta)
@@ -428,7 +433,3 @@ def f3d_config_constructor(meta: Any, source: Any = None) -> tuple[str, dict[str
         kwargs = {k: _plain(v, "f3d_model.json", k) for k, v in kw.items()}
         validate_kwargs(name, kwargs, what="f3d_model.json")
         return name, kwargs
-    except ConstructorError as e:
-        if source is None:
-            raise
-        raise CheckpointError(source, e.problem) from None

@@ -282,10 +282,3 @@ def make_edges(n: int, graph: str = "complete", symmetrize: bool = True) -> np.n
     if symmetrize:
         pairs = pairs + [(j, i) for i, j in pairs]
     return np.array(pairs, np.int32).reshape(-1, 2)
-
-
-if __name__ == "__main__":
-    sc = make_scene(4, 112, 160, seed=1)
-    pr = make_predictions(sc, make_edges(4), "moderate", seed=2)
-    print("depth range", sc.depth.min(), sc.depth.max(), "surfaces", np.unique(sc.surface_id))
-    print("conf range", pr["pred1_conf"].min(), pr["pred1_conf"].max(), "scales", np.round(pr["pair_scale"], 3))

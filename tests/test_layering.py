@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"models", "nn", "io"},
     "eval": {"geometry"},
     "align": {"geometry", "eval"},
+    "matching": set(),
     "infer": {"io", "models", "nn", "weights", "geometry"},
     "cli": {"*"},
 }

@@ -6,6 +6,7 @@
 
 from f3d_jax.matching.nearest import default_block_size, nearest_neighbours
 from f3d_jax.matching.reciprocal import (
+    default_query_chunk,
     extract_correspondences,
     fast_reciprocal_nns,
     grid_queries,
@@ -15,6 +16,7 @@ from f3d_jax.matching.reciprocal import (
 
 __all__ = [
     "default_block_size",
+    "default_query_chunk",
     "extract_correspondences",
     "fast_reciprocal_nns",
     "grid_queries",

@@ -31,10 +31,18 @@ def grid_queries(h: int, w: int, subsample: int) -> np.ndarray:
     return np.unique(xs + w * ys).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("dist", "block_size", "max_iter"))
+def default_query_chunk(n_queries: int, backend: str | None = None) -> int:
+    """Queries searched per call of the brute force: small on a CPU, so that the rounds after the first
+    cost only the still-moving queries; the whole set (up to 4096) on GPU/TPU, where one wide call is cheaper
+    than several narrow ones."""
+    backend = backend or jax.default_backend()
+    return max(1, min(n_queries, 256 if backend == "cpu" else 4096))
+
+
+@functools.partial(jax.jit, static_argnames=("dist", "block_size", "max_iter", "query_chunk"))
 def reciprocal_iteration(
     desc1: jax.Array, desc2: jax.Array, xy1: jax.Array, dist: Dist = "dot", block_size: int | None = None,
-    max_iter: int = MAX_ITER,
+    max_iter: int = MAX_ITER, query_chunk: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The official fixed-point loop on flat descriptors.
 
@@ -42,14 +50,31 @@ def reciprocal_iteration(
         desc1: (N1, D), desc2: (N2, D) flattened descriptor maps. xy1: (Q,) int32 starting flat pixels in image 1.
         dist, block_size: the nearest-neighbour search (`f3d_jax.matching.nearest`).
         max_iter: rounds before unconverged queries are given up (official: 10; 1 for explicit queries).
+        query_chunk: queries per brute-force call (None: `default_query_chunk`). Each search gathers the
+            still-moving queries first and runs only as many chunks as they fill (a `while_loop` with a
+            data-dependent trip count), so late rounds with few stragglers cost little.
 
     Returns:
         xy1 (Q,), xy2 (Q,) int32 flat pixels after the loop and `converged` (Q,) bool (mutual nearest
         neighbours reached within `max_iter` rounds).
     """
+    q = xy1.shape[0]
+    chunk = query_chunk or default_query_chunk(q)
+    qp = -(-q // chunk) * chunk
+    real = jnp.arange(qp) < q
+    xy1 = jnp.pad(xy1, (0, qp - q))  # padding queries: pixel 0, never active, dropped at the end
 
-    def nn(q, db):
-        return nearest_neighbours(q, db, dist=dist, block_size=block_size)
+    def search(src: jax.Array, pix: jax.Array, db: jax.Array, active: jax.Array, out: jax.Array) -> jax.Array:
+        """out[k] = nearest row of `db` to src[pix[k]] for every active k (other entries may change too;
+        callers only read active ones)."""
+        order = jnp.argsort(~active, stable=True).astype(jnp.int32)  # active queries first
+        n_chunks = (jnp.sum(active) + chunk - 1) // chunk
+
+        def body(c, out):
+            sel = jax.lax.dynamic_slice(order, (c * chunk,), (chunk,))
+            return out.at[sel].set(nearest_neighbours(src[pix[sel]], db, dist=dist, block_size=block_size))
+
+        return jax.lax.fori_loop(0, n_chunks, body, out)
 
     def cond(state):
         _, _, _, _, notyet, it = state
@@ -57,17 +82,16 @@ def reciprocal_iteration(
 
     def body(state):
         x1, x2, old1, old2, notyet, it = state
-        # Computing the neighbours of converged queries too keeps shapes fixed; `where` keeps their values.
-        x2 = jnp.where(notyet, nn(desc1[x1], desc2), x2)
+        x2 = jnp.where(notyet, search(desc1, x1, desc2, notyet, x2), x2)
         notyet = notyet & (old2 != x2)
-        x1 = jnp.where(notyet, nn(desc2[x2], desc1), x1)
+        x1 = jnp.where(notyet, search(desc2, x2, desc1, notyet, x1), x1)
         notyet = notyet & (old1 != x1)
         return x1, x2, x1, x2, notyet, it + 1
 
     x2 = jnp.full_like(xy1, -1)  # no pixel index: nothing counts as converged in round 1
-    state = (xy1, x2, xy1, x2, jnp.ones(xy1.shape, bool), jnp.int32(0))
+    state = (xy1, x2, xy1, x2, real, jnp.int32(0))
     x1, x2, _, _, notyet, _ = jax.lax.while_loop(cond, body, state)
-    return x1, x2, ~notyet
+    return x1[:q], x2[:q], (real & ~notyet)[:q]
 
 
 def merge_corres(
@@ -107,6 +131,7 @@ def fast_reciprocal_nns(
     block_size: int | None = None,
     init_xy1: tuple[np.ndarray, np.ndarray] | None = None,
     ret_xy: bool = True,
+    query_chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reciprocal nearest-neighbour matches between two descriptor maps (official `fast_reciprocal_NNs`).
 
@@ -119,6 +144,7 @@ def fast_reciprocal_nns(
         block_size: database rows per block of the brute-force search (memory only, never results).
         init_xy1: explicit queries `(x, y)` int arrays; then one round is done.
         ret_xy: (x, y) int32 columns (default) or flat indices.
+        query_chunk: queries per brute-force call (`reciprocal_iteration`; speed only, never results).
 
     Returns:
         xy1 (M, 2), xy2 (M, 2) int32 (x, y) pixels of image 1 and image 2, unique pairs sorted by xy1's
@@ -144,7 +170,8 @@ def fast_reciprocal_nns(
     f1 = jnp.asarray(desc1).reshape(h1 * w1, d)
     f2 = jnp.asarray(desc2).reshape(h2 * w2, d)
     x1, x2, converged = jax.device_get(
-        reciprocal_iteration(f1, f2, jnp.asarray(queries), dist=dist, block_size=block_size, max_iter=max_iter)
+        reciprocal_iteration(f1, f2, jnp.asarray(queries), dist=dist, block_size=block_size, max_iter=max_iter,
+                             query_chunk=query_chunk)
     )
     if pixel_tol > 0:
         start = np.stack(np.unravel_index(queries, (h1, w1)), axis=1).astype(np.float64)

@@ -57,7 +57,7 @@ def _tables(recon: Reconstruction, tracks: Tracks):
     point = tracks.obs_point[order]
     xy = colmap_pixels(recon, view, tracks.obs_uv[order])
     counts = np.bincount(view, minlength=recon.n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts
     idx2d = np.arange(len(view)) - starts[view]
     # reprojection error of each point in source pixels (mean over its observations)
     q, t = world2cam_qt(recon.cam2world)
@@ -125,11 +125,11 @@ def _write_binary(out, recon, tracks, tb, params, sizes) -> None:
     n_obs = tb["n_obs"].astype(np.int64)
     hsize = head.dtype.itemsize
     rec_len = hsize + 8 * n_obs
-    rec_start = np.concatenate([[0], np.cumsum(rec_len)[:-1]]).astype(np.int64)
+    rec_start = np.cumsum(rec_len) - rec_len
     buf = np.zeros(int(rec_len.sum()), np.uint8)
     buf[(rec_start[:, None] + np.arange(hsize)).reshape(-1)] = head.view(np.uint8).reshape(-1)
     point = tb["point"][bp]
-    rank = np.arange(len(point)) - np.concatenate([[0], np.cumsum(n_obs)[:-1]])[point]
+    rank = np.arange(len(point)) - (np.cumsum(n_obs) - n_obs)[point]
     pos = rec_start[point] + hsize + 8 * rank
     buf[(pos[:, None] + np.arange(8)).reshape(-1)] = elems.view(np.uint8).reshape(-1)
     with atomic_open(out / "points3D.bin", "wb") as f:

@@ -237,6 +237,14 @@ def test_tracks_options(recon):
     assert empty.n_points == 0
 
 
+def test_colmap_without_points(recon, tmp_path):
+    """Nothing above the threshold: a valid model with registered images and no points."""
+    w = export(recon, tmp_path, formats=("colmap",), min_conf_thr=1e9)
+    for binary in (True, False):
+        rec = _read_colmap(w["colmap"], binary)
+        assert rec.num_reg_images() == recon.n and rec.num_points3D() == 0
+
+
 def test_export_options(recon, tmp_path):
     m = export_mask(recon, ExportOptions(min_conf_thr=3.0))
     np.testing.assert_array_equal(m, recon.conf > 3.0)

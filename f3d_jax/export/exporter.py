@@ -47,7 +47,7 @@ class ExportOptions:
     clean_depth: bool = False
     max_points: int = 100_000
     min_track_length: int = 2
-    depth_tol: float = 0.01
+    depth_tol: float = 0.02
     cloud_max_points: int | None = None
     ply_confidence: bool = True
     frustum_depth: float | None = None

@@ -45,7 +45,7 @@ def _voxel_select(X: np.ndarray, order: np.ndarray, voxel: float) -> np.ndarray:
 
 
 def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_points: int = 100_000,
-                 depth_tol: float = 0.01, min_views: int = 2, seed: int = 0) -> Tracks:
+                 depth_tol: float = 0.02, min_views: int = 2, seed: int = 0) -> Tracks:
     """Tracks of at most `max_points` points, each seen by at least `min_views` views (see the module docstring).
 
     Args:

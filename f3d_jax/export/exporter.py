@@ -37,6 +37,7 @@ class ExportOptions:
       max_points: at most this many 3D points in the COLMAP model.
       min_track_length: each COLMAP point is observed by at least this many images (>= 2 for bundle adjustment).
       depth_tol: relative depth agreement for a view to observe a COLMAP point.
+      track_observations: 'projection' or 'measured': how a COLMAP point's pixels are found (`build_tracks`).
       cloud_max_points: at most this many points in the PLY and GLB (None: every exported pixel).
       ply_confidence: add a `confidence` property to the PLY.
       frustum_depth: depth of the GLB camera frusta (world units; default a tenth of the median depth).
@@ -48,6 +49,7 @@ class ExportOptions:
     max_points: int = 100_000
     min_track_length: int = 2
     depth_tol: float = 0.02
+    track_observations: str = "projection"
     cloud_max_points: int | None = None
     ply_confidence: bool = True
     frustum_depth: float | None = None
@@ -104,7 +106,8 @@ def export(recon: Reconstruction, out_dir: str | os.PathLike, formats: Sequence[
         tracks = recon.tracks
         if tracks is None:
             tracks = build_tracks(recon, mask, max_points=opts.max_points, depth_tol=opts.depth_tol,
-                                  min_views=opts.min_track_length, seed=opts.seed)
+                                  min_views=opts.min_track_length, seed=opts.seed,
+                                  observations=opts.track_observations)
         write_colmap(recon, out / COLMAP_DIR, tracks, binary=True)
         written["colmap"] = write_colmap(recon, out / COLMAP_DIR, tracks, binary=False)
     if {"ply", "glb", "nerfstudio"} & set(formats):

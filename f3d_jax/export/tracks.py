@@ -8,12 +8,15 @@ Method (vectorised numpy; loops over views only):
   3. Verification in every view: a candidate X is observed by view j when it projects inside j's image in front
      of the camera, j's mask holds at the nearest pixel q, j's depth at q agrees with X's depth within
      `depth_tol` (relative), and j's own 3D point at q lies within `depth_tol * z + 1.5 * z / f_j` of X
-     (depth tolerance plus about a pixel's footprint). The observation is X's sub-pixel projection into j.
+     (depth tolerance plus about a pixel's footprint). The observation is, with `observations='projection'`
+     (default), X's sub-pixel projection into j; with 'measured', the sub-pixel position where j's OWN pointmap
+     meets X (a Gauss-Newton step on the pointmap's local Jacobian from q).
   4. Points observed by fewer than `min_views` views are dropped.
 
-So every point's observations are mutually consistent by construction (up to float rounding its reprojection
-error with the exported cameras is zero), and the track records which views see it: COLMAP's bundle adjustment,
-triangulation and dense stereo can start from it. A point's colour is its source pixel's.
+With 'projection' the observations are consistent with the exported cameras by construction (reprojection error
+zero up to float rounding), like Depth-Anything-3's export: the tracks say which views see which point. With
+'measured' each view contributes its own measurement, so the residuals show where views disagree and COLMAP's
+bundle adjustment has something to refine. A point's colour is its source pixel's.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def _voxel_select(X: np.ndarray, order: np.ndarray, voxel: float) -> np.ndarray:
 
 
 def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_points: int = 100_000,
-                 depth_tol: float = 0.02, min_views: int = 2, seed: int = 0) -> Tracks:
+                 depth_tol: float = 0.02, min_views: int = 2, seed: int = 0,
+                 observations: str = "projection") -> Tracks:
     """Tracks of at most `max_points` points, each seen by at least `min_views` views (see the module docstring).
 
     Args:
@@ -55,11 +59,18 @@ def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
       depth_tol: relative depth agreement required for an observation.
       min_views: minimum track length.
       seed: seed of the random subset used when the voxel grid alone does not reach `max_points`.
+      observations: 'projection' (each observation is the point's projection: zero reprojection error with the
+        exported cameras) or 'measured' (where the view's OWN pointmap meets the point: one Gauss-Newton step
+        from the nearest pixel on the pointmap's local Jacobian, falling back to the projection at depth
+        edges or when the step exceeds 1.5 pixels), whose residuals measure how well the views agree, for COLMAP's
+        bundle adjustment to reduce.
     Returns:
       Tracks with working-resolution observation pixels.
     """
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
+    if observations not in ("projection", "measured"):
+        raise ValueError(f"observations must be 'projection' or 'measured', got {observations!r}")
     if min_views < 1:
         raise ValueError(f"min_views must be >= 1, got {min_views}")
     mask = recon.mask if mask is None else mask
@@ -110,9 +121,12 @@ def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
         dist = np.linalg.norm(pts[j, qv, qu] - Xs[idx], axis=-1)
         good &= dist <= depth_tol * zi + 1.5 * zi / f[j]
         idx = idx[good]
+        obs = uv[idx]
+        if observations == "measured":
+            obs = _measured_pixels(pts[j], mask[j], recon.depth[j], q[idx, 0], q[idx, 1], Xs[idx], obs)
         obs_p.append(idx)
         obs_v.append(np.full(len(idx), j, np.int64))
-        obs_uv.append(uv[idx])
+        obs_uv.append(obs)
     obs_p_a = np.concatenate(obs_p)
     obs_v_a = np.concatenate(obs_v)
     obs_uv_a = np.concatenate(obs_uv)
@@ -122,6 +136,38 @@ def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
     o = keep[obs_p_a]
     return Tracks(xyz=Xs[keep], rgb=rgb[keep].astype(np.uint8), obs_point=new_id[obs_p_a[o]].astype(np.int64),
                   obs_view=obs_v_a[o], obs_uv=obs_uv_a[o])
+
+
+def _measured_pixels(P: np.ndarray, mask: np.ndarray, depth: np.ndarray, qu: np.ndarray, qv: np.ndarray,
+                     X: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """(M, 2) sub-pixel (u, v) where the pointmap P (H, W, 3) of one view meets the points X (M, 3), starting from
+    their nearest pixels (qu, qv): q + argmin_d |P(q) + J d - X| with J the pointmap's finite-difference Jacobian
+    at q (central, or one-sided next to the mask's border or a depth jump of over 10 %). `fallback` where J is
+    not usable or the step exceeds 1.5 pixels."""
+    H, W = mask.shape
+    P0, d0 = P[qv, qu], depth[qv, qu]
+
+    def axis_derivative(du: int, dv: int) -> tuple[np.ndarray, np.ndarray]:
+        cols = []
+        for sgn in (1, -1):
+            u, v = np.clip(qu + sgn * du, 0, W - 1), np.clip(qv + sgn * dv, 0, H - 1)
+            ok = ((u != qu) | (v != qv)) & mask[v, u] & (np.abs(depth[v, u] - d0) <= 0.1 * d0)
+            cols.append((np.where(ok[:, None], P[v, u], P0), ok))
+        (a, oka), (b, okb) = cols
+        span = oka.astype(np.float64) + okb
+        return (a - b) / np.maximum(span, 1)[:, None], span > 0
+
+    Ju, oku = axis_derivative(1, 0)
+    Jv, okv = axis_derivative(0, 1)
+    r = X - P0
+    a, b, c = (Ju * Ju).sum(1), (Ju * Jv).sum(1), (Jv * Jv).sum(1)
+    gu, gv = (Ju * r).sum(1), (Jv * r).sum(1)
+    det = a * c - b * b
+    ok = oku & okv & (det > 1e-12 * np.maximum(a * c, 1e-300))
+    det = np.where(ok, det, 1.0)
+    step = np.stack([(c * gu - b * gv) / det, (a * gv - b * gu) / det], axis=1)
+    ok &= np.abs(step).max(axis=1) <= 1.5
+    return np.where(ok[:, None], np.stack([qu, qv], axis=1) + step, fallback)
 
 
 def _empty() -> Tracks:

@@ -127,6 +127,30 @@ def test_colmap_bundle_adjustment_refines_perturbed_points(out):
     assert before > 0.5 and after < 0.05 * before
 
 
+def test_measured_observations_let_colmap_correct_a_camera(recon, tmp_path):
+    """'measured' observations come from each view's own pointmap: on exact geometry they agree with the
+    projections (~0 error); when camera 1's exported pose is wrong they keep the true pixels, so COLMAP's pose
+    refinement from camera 1's track observations returns to the true pose ('projection' ones keep it wrong)."""
+    w = export(recon, tmp_path / "exact", formats=("colmap",), track_observations="measured")
+    _, obs, proj, _ = _observations(_read_colmap(w["colmap"], True))
+    assert np.linalg.norm(obs - proj, axis=1).mean() < 0.05
+    c2w = recon.cam2world.copy()
+    c2w[1, :3, 3] += [0.02, -0.012, 0.0]  # about 0.6 working pixels, 1.5 source pixels
+    truth = np.linalg.inv(recon.cam2world[1])[:3]
+    moved = {}
+    for mode in ("measured", "projection"):
+        w = export(recon.replace(cam2world=c2w), tmp_path / mode, formats=("colmap",), track_observations=mode)
+        rec = _read_colmap(w["colmap"], True)
+        xyz, obs, proj, ids = _observations(rec)
+        sel = ids == 2
+        start = rec.images[2].cam_from_world()
+        res = pycolmap.refine_absolute_pose(start, obs[sel], xyz[sel], np.ones(sel.sum(), bool),
+                                            rec.cameras[rec.images[2].camera_id])
+        moved[mode] = np.abs(np.asarray(res["cam_from_world"].matrix()) - truth).max()
+        assert np.abs(np.asarray(start.matrix()) - truth).max() > 0.015  # t = -R c moves by R (0.02, -0.012, 0)
+    assert moved["measured"] < 0.002 and moved["projection"] > 0.015, moved
+
+
 _FRAME_SCHEMA = {"file_path": str, "transform_matrix": list, "fl_x": float, "fl_y": float, "cx": float,
                  "cy": float, "w": int, "h": int}
 

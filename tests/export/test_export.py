@@ -249,6 +249,16 @@ def test_images_at_source_resolution(recon, out, tmp_path):
     r2 = recon.replace(paths=(str(src),) + ("",) * (recon.n - 1))
     export(r2, tmp_path / "o", formats=("nerfstudio",))
     assert (tmp_path / "o" / "images" / recon.names[0]).read_bytes() == src.read_bytes()
+    # a source stored rotated (EXIF orientation 6) is written upright, without the tag (COLMAP ignores EXIF)
+    upright = np.random.default_rng(2).integers(0, 255, (H1, W1, 3), np.uint8)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # stored rotated: displayed = stored rotated 90 degrees clockwise
+    rot = tmp_path / "rot.png"
+    PIL.Image.fromarray(upright).transpose(PIL.Image.Transpose.ROTATE_90).save(rot, exif=exif)
+    export(recon.replace(paths=(str(rot),) + ("",) * (recon.n - 1)), tmp_path / "r", formats=("colmap",))
+    with PIL.Image.open(tmp_path / "r" / "images" / recon.names[0]) as im:
+        assert im.getexif().get(0x0112, 1) == 1
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), upright)
 
 
 def test_tracks_options(recon):

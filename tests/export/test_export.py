@@ -9,7 +9,7 @@ import numpy as np
 import pycolmap
 import pytest
 import trimesh
-from scene import CROP, SCALE, synthetic_reconstruction
+from export_scene import CROP, SCALE, synthetic_reconstruction
 
 from f3d_jax.export import GLB_FROM_WORLD, ExportOptions, Reconstruction, build_tracks, export, export_mask
 

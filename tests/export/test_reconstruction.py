@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scene import synthetic_reconstruction
+from export_scene import synthetic_reconstruction
 
 from f3d_jax.align.types import AlignResult
 from f3d_jax.export import Reconstruction, ReconstructionError, Tracks, build_tracks, clean_confidence

@@ -43,7 +43,7 @@ COLMAP points for dense results come from `build_tracks` (module `tracks`): see 
 from f3d_jax.export.colmap import colmap_intrinsics, colmap_pixels, world2cam_qt, write_colmap
 from f3d_jax.export.exporter import FORMATS, RECONSTRUCTION_FILE, ExportOptions, export, export_mask
 from f3d_jax.export.nerfstudio import nerfstudio_transform, write_nerfstudio
-from f3d_jax.export.pointcloud import GLB_FROM_WORLD, dense_points, write_glb, write_ply
+from f3d_jax.export.pointcloud import GLB_FROM_WORLD, dense_points, write_glb, write_ply, write_points_ply
 from f3d_jax.export.reconstruction import (Reconstruction, ReconstructionError, Tracks, clean_confidence,
                                            reconstruction_from_alignment)
 from f3d_jax.export.tracks import build_tracks
@@ -54,5 +54,5 @@ __all__ = [
     "Tracks", "build_tracks",
     "clean_confidence", "colmap_intrinsics", "colmap_pixels", "dense_points", "export", "export_mask",
     "nerfstudio_transform", "reconstruction_from_alignment", "world2cam_qt", "write_colmap", "write_glb",
-    "write_images", "write_nerfstudio", "write_npz_views", "write_ply",
+    "write_images", "write_nerfstudio", "write_npz_views", "write_ply", "write_points_ply",
 ]

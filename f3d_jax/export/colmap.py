@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from f3d_jax.export.reconstruction import Reconstruction, Tracks
+from f3d_jax.export.tracks import build_tracks
 from f3d_jax.io.atomic import atomic_open
 
 PINHOLE_MODEL_ID = 1
@@ -73,17 +74,21 @@ def _tables(recon: Reconstruction, tracks: Tracks):
                 err=mean_err, n_obs=n_obs, by_point=by_point)
 
 
-def write_colmap(recon: Reconstruction, out_dir: str | os.PathLike, tracks: Tracks, binary: bool = True) -> Path:
+def write_colmap(recon: Reconstruction, out_dir: str | os.PathLike, binary: bool = True,
+                 tracks: Tracks | None = None) -> Path:
     """Writes `cameras`, `images` and `points3D` (`.bin` if `binary`, else `.txt`) into `out_dir` (created).
 
     Args:
       recon: the reconstruction (cameras, image names, to_orig, orig_sizes).
       out_dir: the model folder, e.g. `<out>/colmap/sparse/0`.
-      tracks: the 3D points with their observations (`build_tracks` or `recon.tracks`).
       binary: binary or text format.
+      tracks: the 3D points with their observations; default `recon.tracks`, else `build_tracks(recon)` with its
+        defaults (pass your own `build_tracks(...)` result for other options).
     Returns:
       out_dir as a Path.
     """
+    if tracks is None:
+        tracks = recon.tracks if recon.tracks is not None else build_tracks(recon)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tb = _tables(recon, tracks)

@@ -11,7 +11,7 @@ import numpy as np
 
 from f3d_jax.export.colmap import write_colmap
 from f3d_jax.export.nerfstudio import write_nerfstudio
-from f3d_jax.export.pointcloud import dense_points, write_glb, write_ply
+from f3d_jax.export.pointcloud import write_glb, write_ply
 from f3d_jax.export.reconstruction import Reconstruction, clean_confidence
 from f3d_jax.export.tracks import build_tracks
 from f3d_jax.export.views import write_images, write_npz_views
@@ -80,7 +80,8 @@ def export(recon: Reconstruction, out_dir: str | os.PathLike, formats: Sequence[
         names; 'colmap' and 'nerfstudio' write the source-resolution images under `images/`).
       options: fields of `ExportOptions`.
     Returns:
-      {format: path}: reconstruction -> reconstruction.npz, colmap -> the model folder (`colmap/sparse/0`), nerfstudio -> transforms.json,
+      {format: path}: reconstruction -> reconstruction.npz, colmap -> the model folder (`colmap/sparse/0`),
+      nerfstudio -> transforms.json,
       ply -> points.ply, glb -> scene.glb, npz -> the views folder.
     Every file is written to a temporary name and renamed.
     """
@@ -108,18 +109,16 @@ def export(recon: Reconstruction, out_dir: str | os.PathLike, formats: Sequence[
             tracks = build_tracks(recon, mask, max_points=opts.max_points, depth_tol=opts.depth_tol,
                                   min_views=opts.min_track_length, seed=opts.seed,
                                   observations=opts.track_observations)
-        write_colmap(recon, out / COLMAP_DIR, tracks, binary=True)
-        written["colmap"] = write_colmap(recon, out / COLMAP_DIR, tracks, binary=False)
-    if {"ply", "glb", "nerfstudio"} & set(formats):
-        xyz, rgb, conf = dense_points(recon, mask, opts.cloud_max_points, opts.seed)
-        if "ply" in formats or "nerfstudio" in formats:
-            p = write_ply(out / PLY_FILE, xyz, rgb, conf if opts.ply_confidence else None)
-            if "ply" in formats:
-                written["ply"] = p
-        if "nerfstudio" in formats:
-            written["nerfstudio"] = write_nerfstudio(recon, out / TRANSFORMS_FILE, IMAGES_DIR, PLY_FILE)
-        if "glb" in formats:
-            written["glb"] = write_glb(out / GLB_FILE, recon, xyz, rgb, opts.frustum_depth)
+        write_colmap(recon, out / COLMAP_DIR, binary=True, tracks=tracks)
+        written["colmap"] = write_colmap(recon, out / COLMAP_DIR, binary=False, tracks=tracks)
+    if "ply" in formats or "nerfstudio" in formats:
+        p = write_ply(recon, out / PLY_FILE, mask, opts.cloud_max_points, opts.ply_confidence, opts.seed)
+        if "ply" in formats:
+            written["ply"] = p
+    if "nerfstudio" in formats:
+        written["nerfstudio"] = write_nerfstudio(recon, out / TRANSFORMS_FILE, IMAGES_DIR, PLY_FILE)
+    if "glb" in formats:
+        written["glb"] = write_glb(recon, out / GLB_FILE, mask, opts.cloud_max_points, opts.frustum_depth, opts.seed)
     if "npz" in formats:
         written["npz"] = write_npz_views(recon, out / VIEWS_DIR, mask)
     return written

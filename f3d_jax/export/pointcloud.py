@@ -32,7 +32,15 @@ def dense_points(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
     return xyz, rgb, conf
 
 
-def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None) -> Path:
+def write_ply(recon: Reconstruction, path: str | os.PathLike, mask: np.ndarray | None = None,
+              max_points: int | None = None, confidence: bool = True, seed: int = 0) -> Path:
+    """The masked pixels' points (`dense_points`) as a binary little-endian PLY (`write_points_ply`)."""
+    xyz, rgb, conf = dense_points(recon, mask, max_points, seed)
+    return write_points_ply(path, xyz, rgb, conf if confidence else None)
+
+
+def write_points_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray,
+                     conf: np.ndarray | None = None) -> Path:
     """Binary little-endian PLY of P points: x, y, z (float), red, green, blue (uchar)[, confidence (float)]."""
     path = Path(path)
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
@@ -64,13 +72,14 @@ def frustum(cam2world: np.ndarray, K: np.ndarray, hw: tuple[int, int], depth: fl
     return verts, faces
 
 
-def write_glb(path: str | os.PathLike, recon: Reconstruction, xyz: np.ndarray, rgb: np.ndarray,
-              frustum_depth: float | None = None) -> Path:
-    """A GLB scene: node `points` (the point cloud, vertex colours) and one mesh `camera_XXX` per view (its
-    frustum, see `frustum`), all in glTF axes (`GLB_FROM_WORLD`). `frustum_depth` defaults to a tenth of the
-    median masked depth."""
+def write_glb(recon: Reconstruction, path: str | os.PathLike, mask: np.ndarray | None = None,
+              max_points: int | None = None, frustum_depth: float | None = None, seed: int = 0) -> Path:
+    """A GLB scene: node `points` (the masked pixels' points, `dense_points`, vertex colours) and one mesh
+    `camera_XXX` per view (its frustum, see `frustum`), all in glTF axes (`GLB_FROM_WORLD`). `frustum_depth`
+    defaults to a tenth of the median masked depth."""
     import trimesh  # imported here: only this writer needs it
 
+    xyz, rgb, _ = dense_points(recon, mask, max_points, seed)
     path = Path(path)
     if frustum_depth is None:
         d = recon.depth[recon.mask] if recon.mask.any() else recon.depth.reshape(-1)

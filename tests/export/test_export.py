@@ -271,6 +271,16 @@ def test_tracks_options(recon):
     assert empty.n_points == 0
 
 
+def test_writers_on_their_own(recon, tmp_path):
+    """The individual writers (recon first) with their defaults: tracks built by write_colmap itself."""
+    from f3d_jax.export import write_colmap, write_glb, write_ply
+
+    rec = _read_colmap(write_colmap(recon, tmp_path / "m", binary=False), False)
+    assert rec.num_points3D() == build_tracks(recon).n_points > 0
+    assert len(trimesh.load(write_ply(recon, tmp_path / "p.ply", max_points=50)).vertices) == 50
+    assert len(trimesh.load(write_glb(recon, tmp_path / "s.glb", max_points=70)).geometry["points"].vertices) == 70
+
+
 def test_colmap_without_points(recon, tmp_path):
     """Nothing above the threshold: a valid model with registered images and no points."""
     w = export(recon, tmp_path, formats=("colmap",), min_conf_thr=1e9)

@@ -11,7 +11,7 @@ import pytest
 import trimesh
 from scene import CROP, SCALE, synthetic_reconstruction
 
-from f3d_jax.export import GLB_FROM_WORLD, ExportOptions, build_tracks, export, export_mask
+from f3d_jax.export import GLB_FROM_WORLD, ExportOptions, Reconstruction, build_tracks, export, export_mask
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,10 @@ def _observations(rec: pycolmap.Reconstruction):
     return np.array(xyz), np.array(obs), np.array(proj), np.array(ids)
 
 
-def test_layout(out):
+def test_layout(recon, out):
     d, written = out
-    assert set(written) == {"colmap", "nerfstudio", "ply", "glb", "npz"}
+    assert set(written) == {"reconstruction", "colmap", "nerfstudio", "ply", "glb", "npz"}
+    assert written["reconstruction"] == d / "reconstruction.npz"
     assert written["colmap"] == d / "colmap" / "sparse" / "0"
     for stem in ("cameras", "images", "points3D"):
         for ext in ("bin", "txt"):
@@ -65,6 +66,7 @@ def test_layout(out):
     assert written["nerfstudio"] == d / "transforms.json"
     assert sorted(p.name for p in written["npz"].iterdir()) == [f"view_{k}.npz" for k in range(4)]
     assert not [p for p in d.rglob("*") if ".f3d-tmp-" in p.name]  # no temporary file left behind
+    np.testing.assert_array_equal(Reconstruction.load(written["reconstruction"]).pts3d, recon.pts3d)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "text"])
@@ -233,6 +235,14 @@ def test_tracks_options(recon):
     assert len(np.unique(pairs)) == len(pairs)
     empty = build_tracks(recon, mask=np.zeros_like(recon.mask))
     assert empty.n_points == 0
+
+
+def test_colmap_without_points(recon, tmp_path):
+    """Nothing above the threshold: a valid model with registered images and no points."""
+    w = export(recon, tmp_path, formats=("colmap",), min_conf_thr=1e9)
+    for binary in (True, False):
+        rec = _read_colmap(w["colmap"], binary)
+        assert rec.num_reg_images() == recon.n and rec.num_points3D() == 0
 
 
 def test_export_options(recon, tmp_path):

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -92,15 +94,15 @@ assert np.isfinite(loss).all()
 
 # %% [markdown]
 # From the alignment to a `Reconstruction` (host arrays, with the mapping back to the original image pixels),
-# then every export. `reconstruction.npz` reloads with `Reconstruction.load` and opens in the viewer:
-# `f3d view out/` (or `f3d_jax.viewer.serve("out/")`) serves it in the browser, with a confidence slider.
+# then every export (`formats=("colmap", "ply")` for a few). `reconstruction.npz` reloads with
+# `Reconstruction.load` and opens in the viewer: `f3d view out/` (or `f3d_jax.viewer.serve("out/")`) serves it
+# in the browser, with a confidence slider.
 
 # %%
 from f3d_jax.export import Reconstruction, export, reconstruction_from_alignment
 
 recon = reconstruction_from_alignment(result, imgs, min_conf_thr=3.0)
-written = export(recon, OUT)
-recon.save(OUT / "reconstruction.npz")
+written = export(recon, OUT)  # every format, reconstruction.npz included
 for fmt, path in written.items():
     print(f"{fmt:12s} {path}")
 again = Reconstruction.load(OUT / "reconstruction.npz")

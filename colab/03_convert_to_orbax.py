@@ -106,6 +106,7 @@ print("outputs identical:", {k: v.shape for k, v in a["pred1"].items()})
 # A bfloat16 copy: half the size; `load_model(dst)` serves it in bf16 (the heads too, as the weights are bf16).
 
 # %%
+del model, restored, a, b  # the ViT-Large weights take 2.1 GB each in float32: free them first
 bf16 = f3d_jax.save_model(f3d_jax.load_model(CHECKPOINT, dtype=jnp.bfloat16), f"{DST}_bf16", overwrite=True)
 bf16_mb = sum(p.stat().st_size for p in bf16.rglob("*") if p.is_file()) / 2**20
 print(f"{bf16}: {bf16_mb:.1f} MiB (float32: {size_mb:.1f} MiB)")

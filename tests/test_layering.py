@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "eval": {"geometry"},
     "align": {"geometry", "eval"},
     "infer": {"io", "models", "nn", "weights", "geometry"},
+    "export": {"io", "geometry", "align", "eval"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

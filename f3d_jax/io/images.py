@@ -70,6 +70,47 @@ def resize_long_edge(img: PIL.Image.Image, long_edge_size: int) -> PIL.Image.Ima
     return img.resize(new_size, resample)
 
 
+def _crop_box(w: int, h: int, size: int, square_ok: bool, patch_size: int) -> tuple:
+    """The crop box (left, top, right, bottom) of the official rule on a resized (w, h) image."""
+    cx, cy = w // 2, h // 2
+    if size == 224:
+        half = min(cx, cy)
+        return (cx - half, cy - half, cx + half, cy + half)
+    # The official code hard-codes p = 16 (`((2 * cx) // 16) * 8`). For an odd p the halves can
+    # be fractional; PIL's crop rounds each box coordinate (half to even), as it would upstream.
+    halfw = ((2 * cx) // patch_size) * patch_size / 2
+    halfh = ((2 * cy) // patch_size) * patch_size / 2
+    if patch_size % 2 == 0:
+        halfw, halfh = int(halfw), int(halfh)
+    if not square_ok and w == h:
+        halfh = 3 * halfw / 4
+        if halfh == int(halfh):
+            halfh = int(halfh)
+    return (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
+
+
+def _resize_crop_affine(
+    img: PIL.Image.Image, size: int, square_ok: bool, patch_size: int
+) -> tuple[PIL.Image.Image, np.ndarray]:
+    """`resize_and_crop` plus the (2, 3) float64 affine mapping output pixels to input pixels.
+
+    Pixel centres at integers on both sides. PIL's resize maps output pixel edges onto input edges
+    (output centre `u + 0.5` sits at input `(u + 0.5) * w1 / w`), and the crop shifts by its
+    rounded left/top corner `(l, t)`: `u1 = (u + l + 0.5) * w1 / w - 0.5`, likewise for rows.
+    """
+    w1, h1 = img.size
+    if size == 224:
+        img = resize_long_edge(img, round(size * max(w1 / h1, h1 / w1)))
+    else:
+        img = resize_long_edge(img, size)
+    w, h = img.size
+    box = _crop_box(w, h, size, square_ok, patch_size)
+    left, top = round(box[0]), round(box[1])  # what PIL's crop does with a fractional box
+    sx, sy = w1 / w, h1 / h
+    to_orig = np.array([[sx, 0.0, (left + 0.5) * sx - 0.5], [0.0, sy, (top + 0.5) * sy - 0.5]], np.float64)
+    return img.crop(box), to_orig
+
+
 def resize_and_crop(
     img: PIL.Image.Image, size: int, square_ok: bool = False, patch_size: int = 16
 ) -> PIL.Image.Image:
@@ -95,29 +136,7 @@ def resize_and_crop(
     Returns:
         The cropped PIL image.
     """
-    w1, h1 = img.size
-    if size == 224:
-        img = resize_long_edge(img, round(size * max(w1 / h1, h1 / w1)))
-    else:
-        img = resize_long_edge(img, size)
-    w, h = img.size
-    cx, cy = w // 2, h // 2
-    if size == 224:
-        half = min(cx, cy)
-        box = (cx - half, cy - half, cx + half, cy + half)
-    else:
-        # The official code hard-codes p = 16 (`((2 * cx) // 16) * 8`). For an odd p the halves can
-        # be fractional; PIL's crop rounds each box coordinate (half to even), as it would upstream.
-        halfw = ((2 * cx) // patch_size) * patch_size / 2
-        halfh = ((2 * cy) // patch_size) * patch_size / 2
-        if patch_size % 2 == 0:
-            halfw, halfh = int(halfw), int(halfh)
-        if not square_ok and w == h:
-            halfh = 3 * halfw / 4
-            if halfh == int(halfh):
-                halfh = int(halfh)
-        box = (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
-    return img.crop(box)
+    return _resize_crop_affine(img, size, square_ok, patch_size)[0]
 
 
 def _to_array(img: PIL.Image.Image) -> np.ndarray:
@@ -225,7 +244,12 @@ def load_images(
           `img`: (1, H, W, 3) float32 in [-1, 1], NHWC (official: NCHW);
           `true_shape`: (1, 2) int32, (H, W);
           `idx`: int, position in the returned list;
-          `instance`: str(idx).
+          `instance`: str(idx);
+          `orig_shape`: (1, 2) int32, (H1, W1) of the source after EXIF orientation;
+          `to_orig`: (1, 2, 3) float64 affine A with `[u1, v1] = A @ [u, v, 1]`: a pixel (u, v) of
+              `img` (centres at integers) in the source image's pixels (centres at integers),
+              undoing the resize (per-axis factors W1 / w, H1 / h of the resized image) and the crop;
+          `path`: str, the file path ('' for in-memory images).
 
     Raises:
         ImageLoadError: a missing path, a file that cannot be decoded (zero bytes, corrupt, not an
@@ -256,7 +280,7 @@ def load_images(
         else:
             pil = _from_memory(src, name)
         w1, h1 = pil.size
-        out = resize_and_crop(pil, size, square_ok=square_ok, patch_size=patch_size)
+        out, to_orig = _resize_crop_affine(pil, size, square_ok, patch_size)
         w2, h2 = out.size
         if w2 == 0 or h2 == 0:
             raise ImageLoadError(name, f"size={size} with patch_size={patch_size} leaves an empty crop ({w1}x{h1} input)")
@@ -272,7 +296,15 @@ def load_images(
             print(f" - adding {name} with resolution {w1}x{h1} --> {w2}x{h2}")
         k = len(imgs)
         imgs.append(
-            dict(img=_to_array(out), true_shape=np.array([[h2, w2]], dtype=np.int32), idx=k, instance=str(k))
+            dict(
+                img=_to_array(out),
+                true_shape=np.array([[h2, w2]], dtype=np.int32),
+                idx=k,
+                instance=str(k),
+                orig_shape=np.array([[h1, w1]], dtype=np.int32),
+                to_orig=to_orig[None],
+                path=str(src) if isinstance(src, Path) else "",
+            )
         )
     if not imgs:
         where = str(paths_or_folder) if isinstance(paths_or_folder, (str, PathLike)) else "the given list"

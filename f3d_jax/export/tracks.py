@@ -1,0 +1,115 @@
+"""Multi-view tracks from dense pointmaps (no feature matches): what COLMAP's `points3D` needs.
+
+Method (vectorised numpy; loops over views only):
+  1. Candidates: every masked pixel of every view, its world point and confidence.
+  2. De-duplication on a voxel grid (as Depth-Anything-3's COLMAP export does): one candidate per voxel, the most
+     confident. The voxel starts at the median pixel footprint (depth / focal) and grows until at most
+     `max_points` candidates remain (then a seeded random subset if the growth did not get there).
+  3. Verification in every view: a candidate X is observed by view j when it projects inside j's image in front
+     of the camera, j's mask holds at the nearest pixel q, j's depth at q agrees with X's depth within
+     `depth_tol` (relative), and j's own 3D point at q lies within `depth_tol * z + 1.5 * z / f_j` of X
+     (depth tolerance plus about a pixel's footprint). The observation is X's sub-pixel projection into j.
+  4. Points observed by fewer than `min_views` views are dropped.
+
+So every point's observations are mutually consistent by construction (up to float rounding its reprojection
+error with the exported cameras is zero), and the track records which views see it: COLMAP's bundle adjustment,
+triangulation and dense stereo can start from it. A point's colour is its source pixel's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from f3d_jax.export.reconstruction import Reconstruction, Tracks
+
+
+def _voxel_select(X: np.ndarray, order: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices (into X) of the first candidate in `order` in each occupied voxel, sorted by that order."""
+    keys = np.floor(X[order] / voxel).astype(np.int64)
+    keys = np.ascontiguousarray(keys).view(np.dtype([("x", np.int64), ("y", np.int64), ("z", np.int64)]))[:, 0]
+    _, first = np.unique(keys, return_index=True)  # first occurrence in `order` = the most confident
+    return order[np.sort(first)]
+
+
+def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_points: int = 100_000,
+                 depth_tol: float = 0.01, min_views: int = 2, seed: int = 0) -> Tracks:
+    """Tracks of at most `max_points` points, each seen by at least `min_views` views (see the module docstring).
+
+    Args:
+      recon: the reconstruction (its pts3d, depth, intrinsics, cam2world at working resolution).
+      mask: (N, H, W) bool pixels allowed as candidates and as observations (default `recon.mask`).
+      max_points: upper bound on the number of points.
+      depth_tol: relative depth agreement required for an observation.
+      min_views: minimum track length.
+      seed: seed of the random subset used when the voxel grid alone does not reach `max_points`.
+    Returns:
+      Tracks with working-resolution observation pixels.
+    """
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    if min_views < 1:
+        raise ValueError(f"min_views must be >= 1, got {min_views}")
+    mask = recon.mask if mask is None else mask
+    N, H, W = recon.depth.shape
+    pts = recon.pts3d.astype(np.float64)
+    mask = mask & np.isfinite(pts).all(-1) & (recon.depth > 0)
+    view, row, col = np.nonzero(mask)
+    if len(view) == 0:
+        return _empty()
+    X = pts[view, row, col]
+    conf = recon.conf[view, row, col]
+    f = np.sqrt(np.abs(recon.intrinsics[:, 0, 0] * recon.intrinsics[:, 1, 1]))
+    footprint = recon.depth[view, row, col] / f[view]
+    order = np.argsort(-conf, kind="stable")
+    voxel = float(np.median(footprint))
+    if not voxel > 0:
+        voxel = 1e-6
+    sel = _voxel_select(X, order, voxel)
+    for _ in range(12):
+        if len(sel) <= max_points:
+            break
+        voxel *= 1.05 * np.sqrt(len(sel) / max_points)  # points on surfaces scale as 1 / voxel^2
+        sel = _voxel_select(X, order, voxel)
+    if len(sel) > max_points:
+        sel = np.sort(np.random.default_rng(seed).choice(sel, max_points, replace=False))
+    Xs = X[sel]
+    rgb = recon.images[view[sel], row[sel], col[sel]]
+
+    w2c = np.linalg.inv(recon.cam2world.astype(np.float64))
+    Kd = recon.intrinsics.astype(np.float64)
+    obs_p, obs_v, obs_uv = [], [], []
+    for j in range(N):
+        Xc = Xs @ w2c[j, :3, :3].T + w2c[j, :3, 3]
+        z = Xc[:, 2]
+        ok = z > 0
+        zs = np.where(ok, z, 1.0)
+        uv = (Xc @ Kd[j].T)[:, :2] / zs[:, None]
+        ok &= np.isfinite(uv).all(1)
+        uv = np.where(ok[:, None], uv, -1.0)
+        q = np.round(uv).astype(np.int64)
+        ok &= (q[:, 0] >= 0) & (q[:, 0] < W) & (q[:, 1] >= 0) & (q[:, 1] < H)
+        idx = np.flatnonzero(ok)
+        qu, qv = q[idx, 0], q[idx, 1]
+        zi = z[idx]
+        good = mask[j, qv, qu]
+        good &= np.abs(recon.depth[j, qv, qu] - zi) <= depth_tol * zi
+        dist = np.linalg.norm(pts[j, qv, qu] - Xs[idx], axis=-1)
+        good &= dist <= depth_tol * zi + 1.5 * zi / f[j]
+        idx = idx[good]
+        obs_p.append(idx)
+        obs_v.append(np.full(len(idx), j, np.int64))
+        obs_uv.append(uv[idx])
+    obs_p_a = np.concatenate(obs_p)
+    obs_v_a = np.concatenate(obs_v)
+    obs_uv_a = np.concatenate(obs_uv)
+    counts = np.bincount(obs_p_a, minlength=len(Xs))
+    keep = counts >= min_views
+    new_id = np.cumsum(keep) - 1
+    o = keep[obs_p_a]
+    return Tracks(xyz=Xs[keep], rgb=rgb[keep].astype(np.uint8), obs_point=new_id[obs_p_a[o]].astype(np.int64),
+                  obs_view=obs_v_a[o], obs_uv=obs_uv_a[o])
+
+
+def _empty() -> Tracks:
+    return Tracks(xyz=np.zeros((0, 3)), rgb=np.zeros((0, 3), np.uint8), obs_point=np.zeros(0, np.int64),
+                  obs_view=np.zeros(0, np.int64), obs_uv=np.zeros((0, 2)))

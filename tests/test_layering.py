@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "align": {"geometry", "eval"},
     "infer": {"io", "models", "nn", "weights", "geometry"},
     "export": {"io", "geometry", "align", "eval"},
+    "viewer": {"io", "export"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

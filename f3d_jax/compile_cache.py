@@ -29,10 +29,9 @@ __all__ = ["OPT_OUT_ENV", "MIN_COMPILE_TIME_S", "compile_cache_dir", "default_ca
            "enable_compile_cache"]
 
 OPT_OUT_ENV = "F3D_NO_COMPILE_CACHE"
-# Only programs that took at least this long to compile are written: the network steps and the alignment loop
-# (seconds) are; the many small eager ops (milliseconds each) would cost more to hash, write and read than to
-# compile again.
-MIN_COMPILE_TIME_S = 0.2
+# Every compiled program is written (JAX's default skips those under 1 s): `f3d demo` then writes ~30 entries
+# (~0.3 MB), and a second run compiles nothing, where a 0.2 s threshold still left ~2 s of small compilations.
+MIN_COMPILE_TIME_S = 0.0
 _DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
 _MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 

@@ -16,7 +16,7 @@ import tyro
 FORMATS = ("colmap", "nerfstudio", "ply", "glb", "npz")
 Format = Literal["colmap", "nerfstudio", "ply", "glb", "npz"]
 DEMO_COMMAND = "f3d reconstruct photos/*.jpg --model naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt --out out/"
-SFM_LATER = "arrives with MASt3R-SfM (the sparse alignment and retrieval graphs are not implemented yet)"
+SFM_LATER = "arrives with MASt3R-SfM (the sparse alignment is not implemented yet)"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,12 +34,21 @@ class PoseErrors:
       rot_deg: (N,) angle of R_known^T R_aligned per camera, degrees.
       pos_err: (N,) distance between aligned and known camera centres (units of the known poses).
       spread: RMS distance of the known centres to their mean (the rig size the errors compare to).
+      scale, rotation, translation: the Sim(3) x -> scale * rotation @ x + translation from the estimated
+        world to the known one.
     """
 
     aligned_c2w: np.ndarray
     rot_deg: np.ndarray
     pos_err: np.ndarray
     spread: float
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def to_known(self, X: np.ndarray) -> np.ndarray:
+        """(..., 3) estimated-world points in the known world."""
+        return self.scale * np.asarray(X, np.float64) @ self.rotation.T + self.translation
 
 
 def pose_errors(est_c2w: np.ndarray, known_c2w: np.ndarray) -> PoseErrors:
@@ -57,7 +66,7 @@ def pose_errors(est_c2w: np.ndarray, known_c2w: np.ndarray) -> PoseErrors:
     centres = known[:, :3, 3]
     spread = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, -1))))
     return PoseErrors(aligned, np.degrees(np.arccos(cos)), np.linalg.norm(aligned[:, :3, 3] - centres, axis=-1),
-                      spread)
+                      spread, s, R, t)
 
 
 def _font(size: int) -> PIL.ImageFont.ImageFont:
@@ -149,11 +158,11 @@ def write_summary_png(path: str | os.PathLike, images: np.ndarray, est_c2w: np.n
             draw.text((g[0][0] + 5, g[0][1] + 3), str(k), fill=color, font=small)
         return g[0]
 
-    for k in range(N):
-        e = camera(np.asarray(est_c2w)[k], _EST, k, True)
+    for k in range(N):  # the known cameras first: the estimates are drawn over them
         if known_c2w is not None:
             kn = camera(np.asarray(known_c2w)[k], _KNOWN, k, False)
-            draw.line([tuple(e), tuple(kn)], fill=_ERR, width=1)
+            draw.line([tuple(kn), tuple(screen(np.asarray(est_c2w)[k, :3, 3][list(axes)]))], fill=_ERR, width=1)
+        camera(np.asarray(est_c2w)[k], _EST, k, True)
     legend = [("estimated", _EST)] + ([("known", _KNOWN)] if known_c2w is not None else [])
     for j, (name, color) in enumerate(legend):
         draw.rectangle([30, 30 + 20 * j, 42, 42 + 20 * j], fill=color)

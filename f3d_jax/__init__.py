@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from f3d_jax.compile_cache import disable_compile_cache, enable_by_default, enable_compile_cache
+# public: f3d_jax.enable_compile_cache / f3d_jax.disable_compile_cache
+from f3d_jax.compile_cache import disable_compile_cache, enable_by_default, enable_compile_cache  # noqa: F401
 
 __version__ = "0.1.0"
 

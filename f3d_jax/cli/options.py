@@ -89,10 +89,10 @@ class Reconstruct:
 
 @dataclasses.dataclass(frozen=True)
 class Demo:
-    """The offline demo: render a synthetic textured room with known cameras, build DUSt3R-like pairwise
-    predictions, run the real alignment and every export, and compare the poses with the known cameras
-    (summary.png). No weights and no network unless --model is given (then the real network runs on the
-    rendered images)."""
+    """The offline demo: render a synthetic textured room with known cameras, simulate DUSt3R-like pairwise
+    predictions, run the real alignment and every export, and compare the poses with the known cameras in
+    summary.png. No weights and no network, unless --model is given: then the network runs on the rendered
+    images."""
 
     out: str = "f3d_demo"
     """output folder (created; a previous f3d output there is replaced, any other folder is refused)."""

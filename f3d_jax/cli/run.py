@@ -10,7 +10,6 @@ Errors meant for the user are raised as `CliError` (or the package's own `Checkp
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import sys

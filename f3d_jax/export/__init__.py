@@ -24,6 +24,7 @@ The world frame and its scale are the alignment's (DUSt3R: arbitrary scale, usua
 Output layout of `export(recon, out_dir)`
 -----------------------------------------
   out_dir/
+    reconstruction.npz                `Reconstruction.save` (arrays above; `Reconstruction.load`, `f3d view`)
     images/<name>                     source-resolution images (a copy of each source file; for in-memory or
                                       missing sources the working image placed on the source canvas)
     colmap/sparse/0/cameras.{bin,txt}   COLMAP sparse model, binary and text (the same model;
@@ -33,7 +34,6 @@ Output layout of `export(recon, out_dir)`
     points.ply                        dense point cloud: xyz float, rgb uchar, confidence float
     scene.glb                         points + one frustum mesh per camera (nodes `points`, `camera_XXX`)
     views/<stem>.npz                  per view: image, depth, conf, mask, K, cam2world, K_orig, to_orig, orig_size
-  (`f3d reconstruct` adds `reconstruction.npz`, the `Reconstruction.save` file, beside them.)
   To refine with COLMAP: `colmap bundle_adjuster --input_path out/colmap/sparse/0 --output_path ...`;
   dense stereo: `colmap image_undistorter --image_path out/images --input_path out/colmap/sparse/0 ...`.
 
@@ -41,7 +41,7 @@ COLMAP points for dense results come from `build_tracks` (module `tracks`): see 
 """
 
 from f3d_jax.export.colmap import colmap_intrinsics, colmap_pixels, world2cam_qt, write_colmap
-from f3d_jax.export.exporter import FORMATS, ExportOptions, export, export_mask
+from f3d_jax.export.exporter import FORMATS, RECONSTRUCTION_FILE, ExportOptions, export, export_mask
 from f3d_jax.export.nerfstudio import nerfstudio_transform, write_nerfstudio
 from f3d_jax.export.pointcloud import GLB_FROM_WORLD, dense_points, write_glb, write_ply
 from f3d_jax.export.reconstruction import (Reconstruction, ReconstructionError, Tracks, clean_confidence,
@@ -50,7 +50,8 @@ from f3d_jax.export.tracks import build_tracks
 from f3d_jax.export.views import write_images, write_npz_views
 
 __all__ = [
-    "FORMATS", "GLB_FROM_WORLD", "ExportOptions", "Reconstruction", "ReconstructionError", "Tracks", "build_tracks",
+    "FORMATS", "GLB_FROM_WORLD", "RECONSTRUCTION_FILE", "ExportOptions", "Reconstruction", "ReconstructionError",
+    "Tracks", "build_tracks",
     "clean_confidence", "colmap_intrinsics", "colmap_pixels", "dense_points", "export", "export_mask",
     "nerfstudio_transform", "reconstruction_from_alignment", "world2cam_qt", "write_colmap", "write_glb",
     "write_images", "write_nerfstudio", "write_npz_views", "write_ply",

@@ -10,7 +10,6 @@ COLMAP >= 3.12 reads these files as a trivial rig and frame per camera/image.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 from pathlib import Path
@@ -58,7 +57,7 @@ def _tables(recon: Reconstruction, tracks: Tracks):
     point = tracks.obs_point[order]
     xy = colmap_pixels(recon, view, tracks.obs_uv[order])
     counts = np.bincount(view, minlength=recon.n)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts
     idx2d = np.arange(len(view)) - starts[view]
     # reprojection error of each point in source pixels (mean over its observations)
     q, t = world2cam_qt(recon.cam2world)
@@ -119,17 +118,23 @@ def _write_binary(out, recon, tracks, tb, params, sizes) -> None:
     head = np.zeros(P, np.dtype([("id", "<u8"), ("xyz", "<f8", 3), ("rgb", "u1", 3), ("err", "<f8"), ("n", "<u8")]))
     head["id"], head["xyz"], head["rgb"] = np.arange(1, P + 1), tracks.xyz, tracks.rgb
     head["err"], head["n"] = tb["err"], tb["n_obs"]
-    elems = np.zeros(len(tb["view"]), np.dtype([("img", "<i4"), ("idx", "<i4")]))
+    # variable-length records, assembled with index arithmetic: [head (51 bytes), n_obs x (image_id, idx)]
     bp = tb["by_point"]
+    elems = np.zeros(len(tb["view"]), np.dtype([("img", "<i4"), ("idx", "<i4")]))
     elems["img"], elems["idx"] = tb["view"][bp] + 1, tb["idx2d"][bp]
-    ends = np.cumsum(tb["n_obs"])
+    n_obs = tb["n_obs"].astype(np.int64)
+    hsize = head.dtype.itemsize
+    rec_len = hsize + 8 * n_obs
+    rec_start = np.cumsum(rec_len) - rec_len
+    buf = np.zeros(int(rec_len.sum()), np.uint8)
+    buf[(rec_start[:, None] + np.arange(hsize)).reshape(-1)] = head.view(np.uint8).reshape(-1)
+    point = tb["point"][bp]
+    rank = np.arange(len(point)) - (np.cumsum(n_obs) - n_obs)[point]
+    pos = rec_start[point] + hsize + 8 * rank
+    buf[(pos[:, None] + np.arange(8)).reshape(-1)] = elems.view(np.uint8).reshape(-1)
     with atomic_open(out / "points3D.bin", "wb") as f:
         f.write(struct.pack("<Q", P))
-        buf = io.BytesIO()
-        for p in range(P):  # one small record per point (variable-length tracks)
-            buf.write(head[p].tobytes())
-            buf.write(elems[ends[p] - tb["n_obs"][p]:ends[p]].tobytes())
-        f.write(buf.getvalue())
+        f.write(buf.tobytes())
 
 
 def _write_text(out, recon, tracks, tb, params, sizes) -> None:

@@ -16,7 +16,8 @@ from f3d_jax.export.reconstruction import Reconstruction, clean_confidence
 from f3d_jax.export.tracks import build_tracks
 from f3d_jax.export.views import write_images, write_npz_views
 
-FORMATS = ("colmap", "nerfstudio", "ply", "glb", "npz")
+FORMATS = ("reconstruction", "colmap", "nerfstudio", "ply", "glb", "npz")
+RECONSTRUCTION_FILE = "reconstruction.npz"
 COLMAP_DIR = Path("colmap") / "sparse" / "0"
 IMAGES_DIR = "images"
 PLY_FILE = "points.ply"
@@ -46,7 +47,7 @@ class ExportOptions:
     clean_depth: bool = False
     max_points: int = 100_000
     min_track_length: int = 2
-    depth_tol: float = 0.01
+    depth_tol: float = 0.02
     cloud_max_points: int | None = None
     ply_confidence: bool = True
     frustum_depth: float | None = None
@@ -72,11 +73,12 @@ def export(recon: Reconstruction, out_dir: str | os.PathLike, formats: Sequence[
     Args:
       recon: the reconstruction.
       out_dir: output folder.
-      formats: any of 'colmap', 'nerfstudio', 'ply', 'glb', 'npz' ('nerfstudio' also writes the PLY it names;
-        'colmap' and 'nerfstudio' write the source-resolution images under `images/`).
+      formats: any of 'reconstruction' (`reconstruction.npz`, `Reconstruction.save` of `recon` as given, the file
+        `f3d view` opens), 'colmap', 'nerfstudio', 'ply', 'glb', 'npz' ('nerfstudio' also writes the PLY it
+        names; 'colmap' and 'nerfstudio' write the source-resolution images under `images/`).
       options: fields of `ExportOptions`.
     Returns:
-      {format: path}: colmap -> the model folder (`colmap/sparse/0`), nerfstudio -> transforms.json,
+      {format: path}: reconstruction -> reconstruction.npz, colmap -> the model folder (`colmap/sparse/0`), nerfstudio -> transforms.json,
       ply -> points.ply, glb -> scene.glb, npz -> the views folder.
     Every file is written to a temporary name and renamed.
     """
@@ -94,6 +96,8 @@ def export(recon: Reconstruction, out_dir: str | os.PathLike, formats: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     mask = export_mask(recon, opts)
     written: dict[str, Path] = {}
+    if "reconstruction" in formats:
+        written["reconstruction"] = recon.save(out / RECONSTRUCTION_FILE)
     if "colmap" in formats or "nerfstudio" in formats:
         write_images(recon, out / IMAGES_DIR)
     if "colmap" in formats:

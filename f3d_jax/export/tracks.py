@@ -26,13 +26,26 @@ from f3d_jax.export.reconstruction import Reconstruction, Tracks
 def _voxel_select(X: np.ndarray, order: np.ndarray, voxel: float) -> np.ndarray:
     """Indices (into X) of the first candidate in `order` in each occupied voxel, sorted by that order."""
     keys = np.floor(X[order] / voxel).astype(np.int64)
-    keys = np.ascontiguousarray(keys).view(np.dtype([("x", np.int64), ("y", np.int64), ("z", np.int64)]))[:, 0]
-    _, first = np.unique(keys, return_index=True)  # first occurrence in `order` = the most confident
-    return order[np.sort(first)]
+    keys -= keys.min(axis=0)
+    span = keys.max(axis=0) + 1
+    if float(span[0]) * float(span[1]) * float(span[2]) < 2.0**62:  # one int64 per voxel: a fast 1-D sort
+        flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
+        perm = np.argsort(flat, kind="stable")  # stable: within a voxel, the most confident comes first
+    else:  # far outliers make the grid too large for one int64
+        perm = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
+        flat = None
+    first = np.ones(len(perm), bool)
+    if flat is not None:
+        sf = flat[perm]
+        first[1:] = sf[1:] != sf[:-1]
+    else:
+        sk = keys[perm]
+        first[1:] = (sk[1:] != sk[:-1]).any(axis=1)
+    return order[np.sort(perm[first])]
 
 
 def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_points: int = 100_000,
-                 depth_tol: float = 0.01, min_views: int = 2, seed: int = 0) -> Tracks:
+                 depth_tol: float = 0.02, min_views: int = 2, seed: int = 0) -> Tracks:
     """Tracks of at most `max_points` points, each seen by at least `min_views` views (see the module docstring).
 
     Args:
@@ -61,7 +74,8 @@ def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
     f = np.sqrt(np.abs(recon.intrinsics[:, 0, 0] * recon.intrinsics[:, 1, 1]))
     footprint = recon.depth[view, row, col] / f[view]
     order = np.argsort(-conf, kind="stable")
-    voxel = float(np.median(footprint))
+    # a voxel of one pixel footprint holds about one candidate per view seeing it; start near the target count
+    voxel = float(np.median(footprint)) * max(1.0, np.sqrt(len(X) / (2.0 * max_points)))
     if not voxel > 0:
         voxel = 1e-6
     sel = _voxel_select(X, order, voxel)

@@ -39,9 +39,12 @@ def load_reconstruction(path: str | os.PathLike) -> Any:
                               "`f3d reconstruct`/`f3d demo`, or the .npz file)")
     elif not p.is_file():
         raise ViewerError(f"{path}: no such file or folder")
-    from f3d_jax.export import Reconstruction  # the export layer; imported here so `import f3d_jax.viewer` stays cheap
+    from f3d_jax.export import Reconstruction, ReconstructionError  # here: `import f3d_jax.viewer` stays cheap
 
-    return Reconstruction.load(p)
+    try:
+        return Reconstruction.load(p)
+    except ReconstructionError as e:  # already names the file; one error type for the viewer's callers
+        raise ViewerError(str(e)) from None
 
 
 def _import_viser() -> Any:

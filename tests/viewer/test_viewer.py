@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from f3d_jax.export import Reconstruction
 from f3d_jax.viewer import ViewerError, prepare_scene, serve, visible_points
 from f3d_jax.viewer.scene import rotation_to_wxyz
 
@@ -41,7 +42,7 @@ def tiny_reconstruction(seed: int = 0):
     pts[0, 1, 2, 0] = np.nan
     pts[2, 5, 7, 1] = np.inf
     conf = rng.uniform(1.0, 6.0, size=(N, H, W)).astype(np.float32)
-    return types.SimpleNamespace(
+    return Reconstruction(
         images=rng.integers(0, 256, size=(N, H, W, 3), dtype=np.uint8), cam2world=cam2world, intrinsics=K,
         depth=rng.uniform(1, 2, size=(N, H, W)).astype(np.float32), pts3d=pts, conf=conf, mask=conf >= 2.5,
         names=tuple(f"im{i}.png" for i in range(N)), orig_sizes=np.tile([W, H], (N, 1)),
@@ -144,7 +145,25 @@ def test_bad_input_names_it(tmp_path):
         serve(tmp_path, block=False)
     with pytest.raises(ViewerError, match="port"):
         serve(tiny_reconstruction(), port=70000, block=False)
-    bad = tiny_reconstruction()
+    (tmp_path / "reconstruction.npz").write_bytes(b"not an npz")
+    with pytest.raises(ViewerError, match="reconstruction.npz"):
+        serve(tmp_path, block=False)
+    bad = types.SimpleNamespace(**{f: getattr(tiny_reconstruction(), f) for f in (
+        "images", "cam2world", "intrinsics", "pts3d", "conf", "mask", "names")})
     bad.conf = bad.conf[:, :-1]
     with pytest.raises(ValueError, match="conf"):
         serve(bad, port=0, block=False)
+
+
+def test_serve_reads_a_result_folder(tmp_path):
+    recon = tiny_reconstruction(seed=3)
+    recon.save(tmp_path / "reconstruction.npz")
+    for source in (tmp_path, tmp_path / "reconstruction.npz"):
+        viewer = serve(source, port=0, block=False, verbose=False)
+        try:
+            pts, _ = _expected(recon, float(recon.conf[recon.mask].min()))  # default: the export mask's lowest conf
+            assert viewer.num_points == len(pts) > 0
+            np.testing.assert_allclose(viewer.point_cloud.points, pts)
+            assert viewer.scene.names == recon.names
+        finally:
+            viewer.stop()

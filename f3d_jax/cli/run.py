@@ -189,9 +189,8 @@ def run_alignment(output: dict, opts: AlignOptions, quiet: bool):
     bar = tqdm(total=config.niter, desc="align", unit="it", disable=quiet, leave=False)
     try:
         result = global_align(output, init=opts.init, config=config)
-        loss = float(result.final_loss)
         bar.update(config.niter)
-        bar.set_postfix(loss=f"{loss:.4g}")
+        bar.set_postfix_str(f"loss {float(result.loss_curve[0]):.4g} -> {float(result.final_loss):.4g}")
     finally:
         bar.close()
     return result

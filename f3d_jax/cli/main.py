@@ -31,6 +31,9 @@ def _user_error(e: BaseException) -> tuple[str, int] | None:
 
     if isinstance(e, CliError):
         return str(e), e.code
+    if isinstance(e, ImportError) and e.name and not e.name.startswith("f3d_jax"):
+        top = e.name.split(".")[0]
+        return f"the package {top!r} is needed here and is not installed: python -m pip install {top}", 1
     if isinstance(e, OSError) and not isinstance(e, FileExistsError):
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror or e}", 1

@@ -210,10 +210,22 @@ def test_demo_export_and_view_errors(tmp_path, capsys):
     _one_line_error(capsys, 2, main(["view", str(tmp_path / "nothing")]), "no reconstruction.npz")
 
 
-def test_errors_keep_the_traceback_for_bugs(monkeypatch):
-    def boom(opts):
-        raise RuntimeError("a bug")
+def test_errors_keep_the_traceback_for_bugs(monkeypatch, capsys):
+    def boom(error):
+        def runner(opts):
+            raise error
+        return runner
 
-    monkeypatch.setitem(cli_run.RUNNERS, COMMANDS["checkpoints"], boom)
+    monkeypatch.setitem(cli_run.RUNNERS, COMMANDS["checkpoints"], boom(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
+        main(["checkpoints"])
+    monkeypatch.setitem(cli_run.RUNNERS, COMMANDS["checkpoints"], boom(ModuleNotFoundError("x", name="f3d_jax.x")))
+    with pytest.raises(ModuleNotFoundError):
+        main(["checkpoints"])
+    # a dependency missing from the environment is the user's to fix: one line naming it
+    missing = ModuleNotFoundError("x", name="trimesh.exchange")
+    monkeypatch.setitem(cli_run.RUNNERS, COMMANDS["checkpoints"], boom(missing))
+    _one_line_error(capsys, 1, main(["checkpoints"]), "pip install trimesh")
+    monkeypatch.setenv("F3D_DEBUG", "1")
+    with pytest.raises(ModuleNotFoundError):
         main(["checkpoints"])

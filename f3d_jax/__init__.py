@@ -1,12 +1,17 @@
 """f3d-jax: CroCo, DUSt3R and MASt3R in JAX.
 
-The public API is imported lazily so that `import f3d_jax` stays cheap.
+The public API is imported lazily so that `import f3d_jax` stays cheap. Importing the package turns on JAX's
+persistent compilation cache in a user cache folder (opt out: `F3D_NO_COMPILE_CACHE=1` or
+`f3d_jax.disable_compile_cache()`; see `f3d_jax.compile_cache`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+# public: f3d_jax.enable_compile_cache / f3d_jax.disable_compile_cache
+from f3d_jax.compile_cache import disable_compile_cache, enable_by_default, enable_compile_cache  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -30,6 +35,9 @@ _LAZY = {
     "list_checkpoints": "f3d_jax.weights.registry",
     "get_checkpoint_info": "f3d_jax.weights.registry",
 }
+
+
+enable_by_default()
 
 
 def __getattr__(name: str) -> Any:

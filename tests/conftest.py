@@ -18,6 +18,9 @@ jax.config.update("jax_platforms", "cpu")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _cache = REPO_ROOT / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_cache))
+# subprocesses (the README's `f3d demo`, ...) use the same folder: never the user's own cache (f3d_jax keeps a
+# configured folder instead of its default one, see f3d_jax.compile_cache)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -1,70 +1,83 @@
-"""`f3d`: the command-line entry point (console script declared in pyproject.toml).
+"""`f3d`: the command-line entry point (console script declared in pyproject.toml), built with tyro over the
+config dataclasses of `f3d_jax.cli.options`; `f3d_jax.cli.run` does the work.
 
-Subcommands today: `checkpoints` (the released checkpoints and their licences) and `convert`
-(an official `.pth` / Hugging Face folder or repo id into an f3d-jax orbax checkpoint). Errors in
-the user's input (a bad checkpoint, an existing destination) print one line and exit with 2.
+  f3d demo                                    offline: synthetic room, real alignment, every export
+  f3d reconstruct IMAGES... --model SRC --out DIR
+  f3d export RESULT --format colmap ply ...   f3d view DIR
+  f3d convert SRC DST                         f3d checkpoints
+
+`main(argv)` returns the exit status: 0, 2 for bad input (a missing model, an unreadable image, a bad option
+value: one line `f3d <command>: error: ...` on stderr, no traceback), 1 for a failed write (unwritable folder,
+full disk; nothing is left half-written), 130 when interrupted. `--help` and option-parsing errors exit through
+`SystemExit` (0 and 2), as argparse does. `F3D_DEBUG=1` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from f3d_jax import __version__
 
-_DTYPES = ("float32", "bfloat16", "float16")
+DESCRIPTION = (f"f3d-jax {__version__}: CroCo, DUSt3R and MASt3R in JAX. Start with `f3d demo` (offline, no "
+               "weights), then `f3d reconstruct photos/*.jpg --model naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt "
+               "--out out/`.")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="f3d", description="CroCo, DUSt3R and MASt3R in JAX.")
-    p.add_argument("--version", action="version", version=f"f3d-jax {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _user_error(e: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit status) for an error the user can act on, None for a bug."""
+    from f3d_jax.cli.run import CliError
 
-    ck = sub.add_parser("checkpoints", help="list the released checkpoints (name, Hugging Face repo, licence)")
-    ck.add_argument("--family", choices=("croco", "dust3r", "mast3r", "retrieval"), default=None)
-
-    cv = sub.add_parser("convert", help="convert an official checkpoint into an f3d-jax orbax checkpoint")
-    cv.add_argument("src", help="a .pth file, a Hugging Face folder or repo id, or a released checkpoint name")
-    cv.add_argument("dst", help="the orbax checkpoint directory to write")
-    cv.add_argument("--dtype", choices=_DTYPES, default=None, help="cast floating params (default: keep)")
-    cv.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at DST")
-    return p
-
-
-def _checkpoints(family: str | None) -> int:
-    from f3d_jax.weights.registry import get_checkpoint_info, list_checkpoints
-
-    for name in list_checkpoints(family):
-        info = get_checkpoint_info(name)
-        print(f"{name}\t{info.family}\t{info.hf_repo or '-'}\t{info.license}")
-    return 0
+    if isinstance(e, CliError):
+        return str(e), e.code
+    if isinstance(e, ImportError) and e.name and not e.name.startswith("f3d_jax"):
+        top = e.name.split(".")[0]
+        return f"the package {top!r} is needed here and is not installed: python -m pip install {top}", 1
+    if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror or e}", 1
+    if isinstance(e, (ValueError, FileExistsError, FloatingPointError)):
+        # CheckpointError, ImageLoadError, ReconstructionError, ViewerError and the checks of the pipeline are
+        # ValueErrors naming the file or option
+        return str(e), 2
+    return None
 
 
-def _convert(src: str, dst: str, dtype: str | None, overwrite: bool) -> int:
-    from f3d_jax.weights.loading import load_model, save_model
+def run(opts: object) -> int:
+    """Runs one parsed subcommand; user errors become one line on stderr and an exit status."""
+    from f3d_jax.cli.options import COMMANDS
+    from f3d_jax.cli.run import RUNNERS
 
-    model = load_model(src, dtype=dtype)
-    out = save_model(model, dst, overwrite=overwrite)
-    print(f"wrote {out} ({model.config.official_class})")
-    return 0
+    name = next(k for k, v in COMMANDS.items() if isinstance(opts, v))
+    try:
+        return RUNNERS[type(opts)](opts)
+    except KeyboardInterrupt:
+        print(f"f3d {name}: interrupted", file=sys.stderr)
+        return 0 if name == "view" else 130
+    except Exception as e:
+        found = _user_error(e)
+        if found is None or os.environ.get("F3D_DEBUG", "") not in ("", "0"):
+            raise
+        message, code = found
+        print(f"f3d {name}: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `f3d` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    args = _parser().parse_args(argv)
-    if args.command is None:
-        _parser().print_help()
-        return 0
-    from f3d_jax.weights.errors import CheckpointError
+    import tyro
 
-    try:
-        if args.command == "checkpoints":
-            return _checkpoints(args.family)
-        return _convert(args.src, args.dst, args.dtype, args.overwrite)
-    except (CheckpointError, FileExistsError) as e:
-        print(f"f3d {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    from f3d_jax.cli.options import COMMANDS
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        print(f"f3d-jax {__version__}")
+        return 0
+    if not args:
+        args = ["--help"]
+    opts = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="f3d", description=DESCRIPTION, args=args)
+    return run(opts)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Synthetic scenes for the dense GA: a box room seen from inside with spheres and boxes, known cameras, and
 noisy pairwise predictions that mimic DUSt3R's (the noise model of shared/fixtures/alignment/README.md).
 
-Numpy only, seeded; used by the tests and the benchmarks, usable to check a solver against known cameras
-(`from f3d_jax.eval.synthetic import make_scene, make_edges, make_predictions`).
+Numpy only, seeded; used by the tests, the benchmarks and `f3d demo`, usable to check a solver against known
+cameras (`from f3d_jax.eval.synthetic import make_scene, make_edges, make_predictions`). `render_rgb` paints the
+same room with procedural textures (a function of the world point and the surface: wallpaper, posters, wooden
+floor, tiled ceiling, checkered objects) under one point light, so the images look like a room and the same
+surface point has the same colour in every view (a real network can match them).
 
 Conventions: world z-up; cameras OpenCV (x right, y down, z forward), poses cam-to-world; pixel (u, v)
 integer, principal point (W/2, H/2); depth = camera-frame z.
@@ -59,17 +62,20 @@ def _look_at(centre: np.ndarray, target: np.ndarray, up=np.array([0.0, 0.0, 1.0]
     return T
 
 
-def _rays(cam2world, focals, H, W):
+def _rays(cam2world, focals, H, W, pp=None):
+    cx, cy = (W / 2, H / 2) if pp is None else pp
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64), indexing="xy")
-    d_cam = np.stack([(u - W / 2) / focals[:, None, None], np.broadcast_to((v - H / 2), (len(focals), H, W))
+    d_cam = np.stack([(u - cx) / focals[:, None, None], np.broadcast_to((v - cy), (len(focals), H, W))
                       / focals[:, None, None], np.ones((len(focals), H, W))], axis=-1)
     d_world = np.einsum("nij,nhwj->nhwi", cam2world[:, :3, :3], d_cam)
     return cam2world[:, None, None, :3, 3], d_world  # ray = o + t d, t = camera-frame depth
 
 
-def render(cam2world: np.ndarray, focals: np.ndarray, H: int, W: int, room: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast depth (N, H, W) and surface ids of the room seen by the cameras."""
-    o, d = _rays(cam2world, focals, H, W)
+def render(cam2world: np.ndarray, focals: np.ndarray, H: int, W: int, room: dict,
+           pp: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast depth (N, H, W) and surface ids of the room seen by the cameras (principal point `pp`, default
+    (W/2, H/2))."""
+    o, d = _rays(cam2world, focals, H, W, pp)
     o = np.broadcast_to(o, d.shape)
     best = np.full(d.shape[:-1], np.inf)
     sid = np.zeros(d.shape[:-1], np.uint8)
@@ -100,6 +106,156 @@ def render(cam2world: np.ndarray, focals: np.ndarray, H: int, W: int, room: dict
             best = np.where(hit, tmin, best)
             sid = np.where(hit, 6 + len(room["spheres"]) + k, sid)
     return best, sid
+
+
+# --- colour: procedural textures of the room (for images that look like a room) ---------------------------------
+
+_WALL_RGB = np.array([[0.80, 0.72, 0.55], [0.55, 0.68, 0.78], [0.72, 0.80, 0.60], [0.82, 0.62, 0.58]])
+
+
+def _hash(*ints: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Deterministic pseudo-random floats in [0, 1) of integer lattice coordinates (same shape as the inputs)."""
+    h = np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % (1 << 64))
+    with np.errstate(over="ignore"):
+        for k, a in enumerate(ints):
+            h = h ^ (np.asarray(a).astype(np.int64).astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9 + 2 * k))
+            h = (h ^ (h >> np.uint64(31))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(29))
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _noise2(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+    """Smooth value noise in [0, 1) of continuous 2-D coordinates (lattice spacing 1)."""
+    ia, ib = np.floor(a), np.floor(b)
+    fa, fb = a - ia, b - ib
+    fa, fb = fa * fa * (3 - 2 * fa), fb * fb * (3 - 2 * fb)
+    n00, n10 = _hash(ia, ib, seed=seed), _hash(ia + 1, ib, seed=seed)
+    n01, n11 = _hash(ia, ib + 1, seed=seed), _hash(ia + 1, ib + 1, seed=seed)
+    return (n00 * (1 - fa) + n10 * fa) * (1 - fb) + (n01 * (1 - fa) + n11 * fa) * fb
+
+
+def _fbm(a: np.ndarray, b: np.ndarray, seed: int, octaves: int = 3) -> np.ndarray:
+    """Fractal sum of value noise, in [0, 1)."""
+    out, amp, tot = 0.0, 1.0, 0.0
+    for o in range(octaves):
+        out = out + amp * _noise2(a * 2 ** o, b * 2 ** o, seed + 17 * o)
+        tot += amp
+        amp *= 0.5
+    return out / tot
+
+
+def _wall_texture(a: np.ndarray, z: np.ndarray, wall: int, seed: int) -> np.ndarray:
+    """Wallpaper (stripes + noise), a wainscot band, and posters on a grid of hashed cells. a: along the wall (m)."""
+    base = _WALL_RGB[wall]
+    stripes = 0.9 + 0.1 * (np.floor(a / 0.12) % 2)
+    tone = (0.8 + 0.35 * _fbm(a * 3, z * 3, seed + wall))[..., None] * stripes[..., None] * base
+    # wainscot: darker panels with horizontal grooves below 0.8 m
+    low = z < 0.8
+    groove = (np.abs(((z + 0.05) % 0.2) - 0.1) < 0.012) | (np.abs(z - 0.8) < 0.02)
+    wood = np.array([0.45, 0.30, 0.18]) * (0.85 + 0.3 * _noise2(a * 1.5, z * 30, seed + 5))[..., None]
+    tone = np.where(low[..., None], np.where(groove[..., None], wood * 0.5, wood), tone)
+    # posters: one per 1.1 m x 0.9 m cell (some cells empty), random size, colour and pattern
+    ca, cz = np.floor(a / 1.1), np.floor((z - 0.9) / 0.9)
+    r = [_hash(ca, cz, seed=seed + 100 * wall + k) for k in range(6)]
+    la, lz = a / 1.1 - ca, (z - 0.9) / 0.9 - cz
+    w, h = 0.3 + 0.4 * r[0], 0.35 + 0.4 * r[1]
+    inside = (np.abs(la - 0.5) < w / 2) & (np.abs(lz - 0.5) < h / 2) & (r[2] < 0.7) & (z > 0.95)
+    frame = inside & ((np.abs(la - 0.5) > w / 2 - 0.03) | (np.abs(lz - 0.5) > h / 2 - 0.03))
+    hue = np.stack([r[3], r[4], r[5]], -1)
+    pattern = np.sin(la * 40 * (0.5 + r[3]) + np.cos(lz * 25 * (0.5 + r[4])) * 3)[..., None]
+    poster = np.clip(0.25 + 0.75 * hue * (0.75 + 0.25 * pattern), 0, 1)
+    tone = np.where(inside[..., None], np.where(frame[..., None], 0.12, poster), tone)
+    return tone
+
+
+def _floor_texture(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Wooden planks 0.18 m wide along x, staggered, each with its own tint and grain."""
+    plank = np.floor(y / 0.18)
+    off = _hash(plank, seed=seed) * 1.5
+    seg = np.floor((x + off) / 1.5)
+    tint = 0.75 + 0.45 * _hash(plank, seg, seed=seed + 1)
+    grain = 0.85 + 0.15 * np.sin((x + off) * 35 + 6 * _fbm(x * 2, y * 8, seed + 2))
+    seam = (np.abs(y / 0.18 - plank - 0.5) > 0.46) | (np.abs((x + off) / 1.5 - seg - 0.5) > 0.495)
+    rgb = np.array([0.62, 0.42, 0.25]) * (tint * grain)[..., None]
+    return np.where(seam[..., None], rgb * 0.45, rgb)
+
+
+def _ceiling_texture(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Square 0.6 m ceiling tiles with speckle."""
+    line = (np.abs((x / 0.6) % 1 - 0.5) > 0.47) | (np.abs((y / 0.6) % 1 - 0.5) > 0.47)
+    speck = 0.85 + 0.15 * _noise2(x * 40, y * 40, seed)
+    rgb = np.array([0.92, 0.91, 0.88]) * speck[..., None]
+    return np.where(line[..., None], rgb * 0.6, rgb)
+
+
+def _object_texture(X: np.ndarray, k: int, seed: int, cell: float) -> np.ndarray:
+    """3-D checker of `cell` metres in object k's own colour pair."""
+    rng = np.random.default_rng(seed + 1000 + k)
+    c1, c2 = rng.uniform(0.2, 1.0, 3), rng.uniform(0.0, 0.5, 3)
+    chk = (np.floor(X[..., 0] / cell) + np.floor(X[..., 1] / cell) + np.floor(X[..., 2] / cell)) % 2
+    return np.where(chk[..., None] > 0, c1, c2) * (0.85 + 0.15 * _noise2(X[..., 0] * 20 + X[..., 2] * 7,
+                                                                          X[..., 1] * 20, seed + k))[..., None]
+
+
+def _normals(X: np.ndarray, sid: np.ndarray, room: dict) -> np.ndarray:
+    """(…, 3) unit normals of the room's surfaces at the points X, pointing into the room / out of the objects."""
+    n = np.zeros(X.shape)
+    for k, (axis, sign) in enumerate([(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)]):
+        n[sid == k, axis] = sign
+    for k, sph in enumerate(room["spheres"]):
+        m = sid == 6 + k
+        n[m] = (X[m] - np.asarray(sph["center"])) / sph["radius"]
+    for k, box in enumerate(room["boxes"]):
+        m = sid == 6 + len(room["spheres"]) + k
+        lo, hi = np.asarray(box["min"]), np.asarray(box["max"])
+        d = np.concatenate([np.abs(X[m] - lo), np.abs(X[m] - hi)], -1)  # distance to the 6 faces
+        face = np.argmin(d, -1)
+        nb = np.zeros((m.sum(), 3))
+        nb[np.arange(len(face)), face % 3] = np.where(face < 3, -1.0, 1.0)
+        n[m] = nb
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+
+
+def texture(X: np.ndarray, sid: np.ndarray, room: dict, seed: int = 0) -> np.ndarray:
+    """Shaded colour in [0, 1] (…, 3) of world points X (…, 3) on surfaces `sid` (the ids of `render`).
+
+    The albedo is a function of the world point and the surface only (same in every view); the shading is
+    Lambertian under a point light near the ceiling, plus ambient light.
+    """
+    ax, ay = room["half_extent_xy"]
+    h = room["height"]
+    rgb = np.zeros(X.shape)
+    x, y, z = X[..., 0], X[..., 1], X[..., 2]
+    for k in range(4):
+        m = sid == k
+        along = y[m] + ay if k < 2 else x[m] + ax
+        rgb[m] = _wall_texture(along, z[m], k, seed)
+    m = sid == 4
+    rgb[m] = _floor_texture(x[m], y[m], seed)
+    m = sid == 5
+    rgb[m] = _ceiling_texture(x[m], y[m], seed)
+    n_obj = len(room["spheres"]) + len(room["boxes"])
+    for k in range(n_obj):
+        m = sid == 6 + k
+        rgb[m] = _object_texture(X[m], k, seed, cell=0.12 if k < len(room["spheres"]) else 0.1)
+    light = np.array([0.3, -0.2, h - 0.3])
+    to_l = light - X
+    dist = np.linalg.norm(to_l, axis=-1, keepdims=True)
+    lam = np.clip(np.sum(_normals(X, sid, room) * to_l / np.maximum(dist, 1e-9), -1, keepdims=True), 0, 1)
+    shade = 0.35 + 0.75 * lam / (1 + 0.04 * dist ** 2)
+    return np.clip(rgb * shade, 0, 1)
+
+
+def render_rgb(cam2world: np.ndarray, focals: np.ndarray, H: int, W: int, room: dict,
+               pp: tuple[float, float] | None = None, seed: int = 0) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB images of the textured room seen by the cameras (cam-to-world, OpenCV axes, focals in
+    pixels, principal point `pp` (default (W/2, H/2))). Render at a multiple of a scene's size to get images whose
+    load-time resize has something to undo: with scale s, pixel centres map as u_s = s u + (s - 1) / 2, so pass
+    focals * s and pp = (s W / 2 + (s - 1) / 2, s H / 2 + (s - 1) / 2) to see exactly the scene's cameras."""
+    depth, sid = render(cam2world, focals, H, W, room, pp)
+    o, d = _rays(cam2world, focals, H, W, pp)
+    X = o + depth[..., None] * d
+    return np.round(texture(X, sid, room, seed) * 255).astype(np.uint8)
 
 
 def make_scene(n: int = 4, H: int = 112, W: int = 160, seed: int = 0, focal: float | None = None,

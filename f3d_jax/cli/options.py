@@ -1,0 +1,172 @@
+"""The `f3d` subcommands as frozen config dataclasses (tyro builds the command line from them).
+
+Every field has a docstring (tyro's help text) and a default shown by `--help`. The alignment options mirror
+`f3d_jax.align.DenseConfig` field for field (same names, choices and defaults; `tests/cli` checks that they
+agree) and build one with `AlignOptions.dense_config()`. Nothing heavy is imported here: `f3d --help` does not
+import jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal
+
+import tyro
+
+FORMATS = ("colmap", "nerfstudio", "ply", "glb", "npz")
+Format = Literal["colmap", "nerfstudio", "ply", "glb", "npz"]
+DEMO_COMMAND = "f3d reconstruct photos/*.jpg --model naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt --out out/"
+SFM_LATER = "arrives with MASt3R-SfM (the sparse alignment is not implemented yet)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignOptions:
+    """Dense global alignment (f3d_jax.global_align): names, choices and defaults of f3d_jax.align.DenseConfig."""
+
+    niter: int = 300
+    """Adam iterations of the alignment loop."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """learning-rate schedule (the official demo UI uses linear)."""
+    lr: float = 0.01
+    """initial learning rate."""
+    lr_min: float = 1e-6
+    """final learning rate of the schedule."""
+    min_conf_thr: float = 3.0
+    """confidence threshold (network confidences are >= 1): pixels below it are not exported nor used by the PnP."""
+    param: Literal["official", "manifold"] = "official"
+    """pose parameterisation: official (quaternion, signed-log translation) or manifold (SE3 tangent space)."""
+    robust: Literal[None, "huber", "cauchy", "geman_mcclure"] = None
+    """robust kernel on the point distances (None: the official plain distance)."""
+    robust_scale: float = 0.05
+    """scale of the robust kernel."""
+    storage_dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage of the pairwise predictions in the loop (bfloat16: half the memory; math stays float32)."""
+    precision: Literal["highest", "high", "default"] = "highest"
+    """matmul precision of the loop: highest (exact float32), high (TF32 on GPU), default (the backend's)."""
+    init: Literal["mst", "none"] = "mst"
+    """starting state: mst (spanning tree + Procrustes + PnP) or none (the official random start)."""
+
+    def dense_config(self):  # -> DenseConfig (imported lazily: jax)
+        """The `DenseConfig` these options describe (ValueError on a bad value)."""
+        from f3d_jax.align.config import DenseConfig
+
+        fields = {f.name for f in dataclasses.fields(DenseConfig)}
+        return DenseConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
+
+
+Alignment = Annotated[AlignOptions, tyro.conf.OmitArgPrefixes]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruct:
+    """Images in, every export out: load the model, load the images, pair them, run the network on every pair,
+    align globally, write reconstruction.npz, the exports and summary.png into --out."""
+
+    images: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="IMAGES...")]
+    """image files (jpg, png) or folders of them, at least two; all must have the same size once loaded."""
+    model: str
+    """checkpoint: released name (f3d checkpoints), Hugging Face repo id or folder, .pth file, or orbax folder."""
+    out: str
+    """output folder (created; a previous f3d output there is replaced, any other folder is refused)."""
+    size: int | None = None
+    """image size for the network: the long side (512) or 224; None: what the model was trained at."""
+    graph: str = "complete"
+    """pair graph: complete, swin-K, logwin-K (add -noncyclic for sequences) or oneref-I."""
+    align: Literal["dense", "sparse"] = "dense"
+    """alignment: dense (DUSt3R global alignment); sparse arrives with MASt3R-SfM."""
+    batch: int = 8
+    """image pairs per network step."""
+    dtype: Literal[None, "float32", "bfloat16", "float16"] = None
+    """compute dtype of the network (None: the checkpoint's; bfloat16 halves memory on GPUs)."""
+    alignment: Alignment = AlignOptions()
+    clean_depth: bool = False
+    """clean the depth maps before export (the official clean_pointcloud: drop points hidden by other views)."""
+    format: tuple[Format, ...] = FORMATS
+    """exports to write (reconstruction.npz and summary.png are always written)."""
+    quiet: bool = False
+    """no progress bars: print only the summary line (and errors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """The offline demo: render a synthetic textured room with known cameras, simulate DUSt3R-like pairwise
+    predictions, run the real alignment and every export, and compare the poses with the known cameras in
+    summary.png. No weights and no network, unless --model is given: then the network runs on the rendered
+    images."""
+
+    out: str = "f3d_demo"
+    """output folder (created; a previous f3d output there is replaced, any other folder is refused)."""
+    model: str | None = None
+    """run this checkpoint (as in f3d reconstruct) on the rendered images instead of simulating its output."""
+    views: int = 6
+    """number of cameras."""
+    size: int | None = None
+    """long side of the loaded images (None: 128, or the model's size); rendered at twice it, then resized."""
+    seed: int = 0
+    """seed of the room, the cameras and the simulated predictions."""
+    noise: Literal["clean", "moderate", "hard"] = "moderate"
+    """noise of the simulated network predictions (see f3d_jax.eval.synthetic)."""
+    graph: str = "complete"
+    """pair graph: complete, swin-K, logwin-K (add -noncyclic) or oneref-I."""
+    batch: int = 8
+    """image pairs per network step (with --model)."""
+    dtype: Literal[None, "float32", "bfloat16", "float16"] = None
+    """compute dtype of the network (with --model)."""
+    alignment: Alignment = AlignOptions()
+    format: tuple[Format, ...] = FORMATS
+    """exports to write."""
+    quiet: bool = False
+    """no progress bars: print only the summary lines (and errors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Write exports of a saved reconstruction (reconstruction.npz, or a folder holding one)."""
+
+    result: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RESULT")]
+    """reconstruction.npz, or the folder f3d reconstruct / f3d demo wrote."""
+    format: tuple[Format, ...] = FORMATS
+    """exports to write."""
+    out: str | None = None
+    """folder to write them into (None: the folder of RESULT)."""
+    quiet: bool = False
+    """print only the summary line (and errors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """Serve a reconstruction in the browser: the point cloud with a confidence slider and the cameras."""
+
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DIR")]
+    """folder written by f3d reconstruct / f3d demo (or a reconstruction.npz)."""
+    port: int = 8080
+    """port of the web server."""
+    host: str = "127.0.0.1"
+    """address to listen on (0.0.0.0: reachable from other machines)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Convert:
+    """Convert an official checkpoint into an f3d-jax orbax checkpoint (fast to load, any dtype)."""
+
+    src: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
+    """a .pth file, a Hugging Face folder or repo id, or a released checkpoint name."""
+    dst: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DST")]
+    """the orbax checkpoint folder to write."""
+    dtype: Literal[None, "float32", "bfloat16", "float16"] = None
+    """cast the floating-point parameters (None: keep the checkpoint's)."""
+    overwrite: bool = False
+    """replace an existing checkpoint at DST."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """List the released checkpoints: name, family, Hugging Face repo, licence (the released weights are
+    CC BY-NC-SA 4.0, with the terms of their training datasets)."""
+
+    family: Literal[None, "croco", "dust3r", "mast3r", "retrieval"] = None
+    """only this family (None: all)."""
+
+
+COMMANDS: dict[str, type] = {"reconstruct": Reconstruct, "demo": Demo, "export": Export, "view": View,
+                             "convert": Convert, "checkpoints": Checkpoints}

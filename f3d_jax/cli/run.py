@@ -1,0 +1,471 @@
+"""What each `f3d` subcommand does, given its options (`f3d_jax.cli.options`).
+
+`reconstruct` and `demo` build their whole output folder in a temporary sibling and rename it into place at the
+end (`f3d_jax.io.atomic.replace_dir`): an interrupted or failed run leaves the previous result (or nothing),
+never half of one. An unwritable destination fails before any model or image is loaded.
+
+Errors meant for the user are raised as `CliError` (or the package's own `CheckpointError`, `ImageLoadError`,
+`ReconstructionError`...); `f3d_jax.cli.main` prints them as one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from f3d_jax.cli.options import (DEMO_COMMAND, SFM_LATER, AlignOptions, Checkpoints, Convert, Demo, Export,
+                                 Reconstruct, View)
+from f3d_jax.cli.timing import StageClock
+
+RESULT_FILE = "reconstruction.npz"
+SUMMARY_FILE = "summary.png"
+DEMO_SIZE = 128  # long side of the demo's working images (rendered at twice it): 6 views align in seconds
+
+
+class CliError(Exception):
+    """A problem with the user's input or environment, printed as one line; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def output_error(out: Path, e: OSError) -> CliError:
+    """One line for an OSError met while writing the output folder `out` (nothing was written there)."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return CliError(f"no space left on the device of {out}{where}: nothing was written; free some space and "
+                        "run again", 1)
+    if e.errno == errno.EDQUOT:
+        return CliError(f"disk quota exceeded writing {out}{where}: nothing was written", 1)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CliError(f"cannot write the output folder {out}: {e.strerror}{where}", 1)
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return CliError(f"cannot create the output folder {out}: a file is in the way{where}", 1)
+    return CliError(f"cannot write the output folder {out}: {e.strerror or e}{where}", 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# shared steps
+
+
+def say(quiet: bool, message: str) -> None:
+    """A progress message (stderr; the summary lines go to stdout)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def check_out_dir(out: str) -> Path:
+    """The output folder, refused if it exists and holds anything but a previous f3d result."""
+    path = Path(os.path.abspath(out))
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise CliError(f"--out {out}: exists and is not a folder")
+        if any(path.iterdir()) and not (path / RESULT_FILE).is_file():
+            raise CliError(f"--out {out}: the folder exists and is not an f3d result (no {RESULT_FILE}); "
+                           "choose a new folder: f3d only replaces its own results")
+    return path
+
+
+def write_out_dir(out: Path, fill: Callable[[Path], Any]) -> Any:
+    """Runs `fill(tmp)` in a new temporary sibling of `out`, then renames it to `out` (replacing a previous
+    result). Returns what `fill` returns."""
+    from f3d_jax.io.atomic import replace_dir
+
+    box: list[Any] = []
+    try:
+        replace_dir(out, lambda tmp: box.append(fill(tmp)), overwrite=True)
+    except OSError as e:
+        raise output_error(out, e) from None
+    return box[0]
+
+
+def check_graph(graph: str, align: str = "dense") -> None:
+    from f3d_jax.infer.pairs import parse_scene_graph
+
+    if align == "sparse":
+        raise CliError(f"--align sparse {SFM_LATER}; use --align dense")
+    try:
+        g = parse_scene_graph(graph)
+    except ValueError as e:
+        raise CliError(f"--graph: {e}") from None
+    if g.kind == "retrieval" or graph.startswith("retrieval"):
+        raise CliError(f"--graph {graph}: the retrieval graph arrives with MASt3R-SfM (not implemented yet); use "
+                       "complete, swin-K, logwin-K or oneref-I")
+
+
+def check_positive(**values: int | None) -> None:
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def dense_config(opts: AlignOptions):
+    try:
+        return opts.dense_config()
+    except ValueError as e:
+        raise CliError(str(e).replace("DenseConfig: ", "--").replace("_", "-", 1)) from None
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """The image files named by `items` (files, or folders read in sorted name order), absolute."""
+    from f3d_jax.io.images import SUPPORTED_EXTENSIONS, ImageLoadError
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS)
+            if not found:
+                raise ImageLoadError(p, f"no images in this folder ({', '.join(SUPPORTED_EXTENSIONS)})")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ImageLoadError(p, "no such file or folder")
+    if len(paths) < 2:
+        raise CliError(f"need at least two images, got {len(paths)} (IMAGES...: image files or folders)")
+    return [Path(os.path.abspath(p)) for p in paths]
+
+
+def precheck_images(paths: Sequence[Path]) -> None:
+    """Opens every image's header (cheap): an unreadable file fails before the model is loaded."""
+    import PIL.Image
+
+    from f3d_jax.io.images import SUPPORTED_EXTENSIONS, ImageLoadError
+
+    for p in paths:
+        if p.suffix.lower() not in SUPPORTED_EXTENSIONS:
+            raise ImageLoadError(p, f"not a supported image file ({', '.join(SUPPORTED_EXTENSIONS)})")
+        try:
+            with PIL.Image.open(p) as im:
+                im.size  # noqa: B018
+        except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files
+            raise ImageLoadError(p, f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+def load_views(paths: Sequence[Path], size: int) -> list[dict]:
+    """`load_images` of the files, checked to share one working size (the dense alignment needs it)."""
+    import warnings
+
+    from f3d_jax.io.images import load_images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shape warning of odd square crops: the size check below speaks
+        imgs = load_images([str(p) for p in paths], size, verbose=False)
+    shapes = {}
+    for p, im in zip(paths, imgs):
+        shapes.setdefault(tuple(int(x) for x in im["true_shape"][0]), []).append(p.name)
+    if len(shapes) > 1:
+        listing = "; ".join(f"{w}x{h}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                            for (h, w), names in shapes.items())
+        raise CliError(f"the images load at different sizes ({listing}); the dense alignment needs one size: "
+                       "use photos of one orientation and aspect ratio")
+    return imgs
+
+
+def run_inference(model: Any, pairs: list, batch: int, dtype: str | None, quiet: bool) -> dict:
+    from f3d_jax.infer.engine import InferenceEngine
+
+    engine = InferenceEngine(model, batch, dtype=dtype)
+    return engine(pairs, verbose=not quiet)
+
+
+def run_alignment(output: dict, opts: AlignOptions, quiet: bool):
+    """`global_align` with a progress bar per stage: the loop is one compiled `lax.scan` (no per-iteration
+    callback: it would slow the loop), so the bar completes at once with the final loss."""
+    from tqdm.auto import tqdm
+
+    from f3d_jax.align.dense import global_align
+
+    config = dense_config(opts)
+    bar = tqdm(total=config.niter, desc="align", unit="it", disable=quiet, leave=False)
+    try:
+        result = global_align(output, init=opts.init, config=config)
+        bar.update(config.niter)
+        bar.set_postfix_str(f"loss {float(result.loss_curve[0]):.4g} -> {float(result.final_loss):.4g}")
+    finally:
+        bar.close()
+    return result
+
+
+def write_exports(recon: Any, tmp: Path, formats: Sequence[str], quiet: bool, **options: Any) -> dict[str, Path]:
+    from tqdm.auto import tqdm
+
+    from f3d_jax.export import export
+
+    written: dict[str, Path] = {}
+    for fmt in tqdm(list(dict.fromkeys(formats)), desc="export", unit="format", disable=quiet, leave=False):
+        written.update(export(recon, tmp, formats=(fmt,), **options))
+    return written
+
+
+def cloud_sample(pts: np.ndarray, rgb: np.ndarray, mask: np.ndarray, n: int = 20000, seed: int = 0):
+    """At most n masked points (and colours) for the summary's top view."""
+    idx = np.flatnonzero(mask.reshape(-1))
+    if len(idx) > n:
+        idx = np.random.default_rng(seed).choice(idx, n, replace=False)
+    return pts.reshape(-1, 3)[idx], rgb.reshape(-1, 3)[idx]
+
+
+def listing(out: Path, written: dict[str, Path]) -> str:
+    """`out/ (reconstruction.npz, colmap/sparse/0, ...)` of paths relative to `out`."""
+    names = [RESULT_FILE] + [str(p) for p in written.values()] + [SUMMARY_FILE]
+    return f"{out}{os.sep} ({', '.join(names)})"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# f3d reconstruct
+
+
+def reconstruct(opts: Reconstruct) -> int:
+    from f3d_jax.compile_cache import enable_compile_cache
+
+    check_graph(opts.graph, opts.align)
+    check_positive(batch=opts.batch, size=opts.size, niter=opts.alignment.niter)
+    config = dense_config(opts.alignment)
+    paths = image_paths(opts.images)
+    precheck_images(paths)
+    out = check_out_dir(opts.out)
+    enable_compile_cache(replace=False)
+    quiet = opts.quiet
+
+    def fill(tmp: Path) -> tuple[dict, int, float]:
+        from f3d_jax.export import reconstruction_from_alignment
+        from f3d_jax.infer.pairs import make_pairs
+        from f3d_jax.infer.scene import default_image_size
+        from f3d_jax.weights.loading import load_model
+
+        with clock.stage("model"):
+            say(quiet, f"f3d: loading {opts.model}")
+            model = load_model(opts.model)
+        size = opts.size or default_image_size(model)
+        with clock.stage("load"):
+            imgs = load_views(paths, size)
+            pairs = make_pairs(imgs, scene_graph=opts.graph)
+        with clock.stage("inference"):
+            output = run_inference(model, pairs, opts.batch, opts.dtype, quiet)
+        with clock.stage("align"):
+            result = run_alignment(output, opts.alignment, quiet)
+            del output
+        with clock.stage("export"):
+            recon = reconstruction_from_alignment(result, imgs, min_conf_thr=config.min_conf_thr,
+                                                  clean_depth=opts.clean_depth)
+            written = write_exports(recon, tmp, opts.format, quiet)
+            recon.save(tmp / RESULT_FILE)
+            written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
+        with clock.stage("summary"):
+            pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
+            from f3d_jax.cli.summary import write_summary_png
+
+            write_summary_png(tmp / SUMMARY_FILE, recon.images, recon.cam2world, points=pts, colors=rgb,
+                              axes=(0, 2), title="f3d reconstruct",
+                              lines=[f"{len(imgs)} images, {len(pairs)} pairs, model {opts.model}",
+                                     f"final alignment loss {float(result.final_loss):.4g}",
+                                     f"{int(recon.mask.sum())} points above confidence {config.min_conf_thr:g}",
+                                     "top view: x right, z (first camera's forward) up"])
+        return written, len(pairs), float(result.final_loss)
+
+    with StageClock() as clock:
+        written, n_pairs, loss = write_out_dir(out, fill)
+    print(f"f3d reconstruct: {len(paths)} images, {n_pairs} pairs, final loss {loss:.4g}, {clock.line()} -> "
+          f"{listing(out, written)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# f3d demo
+
+
+def demo_shape(size: int) -> tuple[int, int]:
+    """(H, W) of the demo's working images for a `load_images` size: 4:3 landscape, or square at 224."""
+    if size == 224:
+        return 224, 224
+    return (size * 3 // 4) // 16 * 16, size
+
+
+def render_demo_images(scene: Any, folder: Path, scale: int, seed: int) -> list[Path]:
+    """Renders the textured room at `scale` times the scene's size (cameras of the scene: focals scaled and the
+    principal point placed so that a resize by 1/scale gives exactly the scene's pixels) into folder/*.png."""
+    import PIL.Image
+
+    from f3d_jax.eval.synthetic import render_rgb
+    from f3d_jax.io.atomic import atomic_open
+
+    _, H, W = scene.depth.shape
+    half = (scale - 1) / 2
+    rgb = render_rgb(scene.cam2world, scene.focals * scale, H * scale, W * scale, scene.room,
+                     pp=(scale * W / 2 + half, scale * H / 2 + half), seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, im in enumerate(rgb):
+        p = folder / f"view_{k:02d}.png"
+        with atomic_open(p, "wb") as f:
+            PIL.Image.fromarray(im).save(f, format="PNG")
+        paths.append(p)
+    return paths
+
+
+def simulated_output(scene: Any, edges: np.ndarray, noise: str, seed: int) -> dict:
+    """DUSt3R-like pairwise predictions of the known scene, in the layout `inference` returns."""
+    from f3d_jax.eval.synthetic import make_predictions
+
+    p = make_predictions(scene, edges, noise=noise, seed=seed)
+    return {"view1": {"idx": p["edges"][:, 0]}, "view2": {"idx": p["edges"][:, 1]},
+            "pred1": {"pts3d": p["pred1_pts3d"], "conf": p["pred1_conf"]},
+            "pred2": {"pts3d_in_other_view": p["pred2_pts3d"], "conf": p["pred2_conf"]}}
+
+
+def demo(opts: Demo) -> int:
+    from f3d_jax.compile_cache import enable_compile_cache
+
+    check_graph(opts.graph)
+    check_positive(views=opts.views, batch=opts.batch, size=opts.size, niter=opts.alignment.niter)
+    if opts.views < 3:
+        raise CliError(f"--views must be >= 3 (the poses are compared with the known ones up to a similarity), "
+                       f"got {opts.views}")
+    if opts.size is not None and (opts.size % 16 or opts.size < 64):
+        raise CliError(f"--size must be a multiple of 16 and >= 64, got {opts.size}")
+    config = dense_config(opts.alignment)
+    out = check_out_dir(opts.out)
+    enable_compile_cache(replace=False)
+    quiet = opts.quiet
+
+    def fill(tmp: Path):
+        from f3d_jax.cli.summary import pose_errors, write_summary_png
+        from f3d_jax.eval.synthetic import make_scene
+        from f3d_jax.export import reconstruction_from_alignment
+        from f3d_jax.infer.pairs import make_pairs, pairs_to_edges
+
+        model = None
+        if opts.model is not None:
+            from f3d_jax.infer.scene import default_image_size
+            from f3d_jax.weights.loading import load_model
+
+            with clock.stage("model"):
+                say(quiet, f"f3d demo: loading {opts.model}")
+                model = load_model(opts.model)
+        size = opts.size or (DEMO_SIZE if model is None else default_image_size(model))
+        H, W = demo_shape(size)
+        # twice the working size, resized by the loader (the exports then undo a real resize); large model
+        # sizes are rendered as they are (ray casting a 1024 x 768 room per view would take longer than the rest)
+        scale = 2 if max(H, W) <= 256 else 1
+        with clock.stage("render"):
+            say(quiet, f"f3d demo: rendering {opts.views} views of a synthetic room at {W * scale}x{H * scale}")
+            scene = make_scene(opts.views, H, W, seed=opts.seed)
+            paths = render_demo_images(scene, tmp / "images", scale, opts.seed)
+            imgs = load_views(paths, size)
+            if imgs[0]["true_shape"][0].tolist() != [H, W]:
+                raise CliError(f"--size {size}: the rendered views load at {imgs[0]['true_shape'][0].tolist()}, "
+                               f"not {[H, W]}")
+            pairs = make_pairs(imgs, scene_graph=opts.graph)
+            edges = pairs_to_edges(pairs)
+        if model is None:
+            with clock.stage("predictions"):
+                say(quiet, f"f3d demo: simulating DUSt3R-like predictions for {len(pairs)} pairs ({opts.noise} "
+                           "noise; --model runs a real network)")
+                output = simulated_output(scene, edges, opts.noise, opts.seed)
+        else:
+            with clock.stage("inference"):
+                output = run_inference(model, pairs, opts.batch, opts.dtype, quiet)
+        with clock.stage("align"):
+            result = run_alignment(output, opts.alignment, quiet)
+            del output
+        with clock.stage("export"):
+            recon = reconstruction_from_alignment(result, imgs, min_conf_thr=config.min_conf_thr)
+            written = write_exports(recon, tmp, opts.format, quiet)
+            # the sources were rendered into the folder being written: record where they will be
+            recon = recon.replace(paths=tuple(str(out / Path(p).relative_to(tmp)) for p in paths))
+            recon.save(tmp / RESULT_FILE)
+            written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
+        with clock.stage("summary"):
+            err = pose_errors(recon.cam2world, scene.cam2world)
+            pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
+            source = "simulated predictions" if model is None else f"model {opts.model}"
+            write_summary_png(tmp / SUMMARY_FILE, recon.images, err.aligned_c2w, points=err.to_known(pts),
+                              colors=rgb, known_c2w=scene.cam2world, errors=err, axes=(0, 1),
+                              title="f3d demo: synthetic room, known cameras",
+                              lines=[f"{opts.views} views {W}x{H} (rendered at {W * scale}x{H * scale}), "
+                                     f"{len(pairs)} pairs, {source}",
+                                     f"final alignment loss {float(result.final_loss):.4g}",
+                                     "estimated poses mapped onto the known ones by a Sim(3) of the centres",
+                                     "top view: world x right, y up (z-up room)"])
+        return written, len(pairs), float(result.final_loss), err
+
+    with StageClock() as clock:
+        written, n_pairs, loss, err = write_out_dir(out, fill)
+    print(f"f3d demo: {opts.views} views, {n_pairs} pairs, final loss {loss:.4g}, {clock.line()} -> "
+          f"{listing(out, written)}")
+    print(f"f3d demo: poses against the known cameras: rotation error mean {err.rot_deg.mean():.2f} deg "
+          f"(max {err.rot_deg.max():.2f}), position error mean {100 * err.pos_err.mean() / err.spread:.1f}% of the "
+          f"rig size (max {100 * err.pos_err.max() / err.spread:.1f}%); see {out / SUMMARY_FILE}")
+    print(f"Now your own photos:  {DEMO_COMMAND}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# f3d export / view / convert / checkpoints
+
+
+def result_file(result: str) -> Path:
+    p = Path(result)
+    if p.is_dir():
+        p = p / RESULT_FILE
+    if not p.is_file():
+        raise CliError(f"{result}: no {RESULT_FILE} there (f3d reconstruct and f3d demo write one)")
+    return p
+
+
+def export_cmd(opts: Export) -> int:
+    from f3d_jax.export import Reconstruction
+
+    t0 = time.perf_counter()
+    path = result_file(opts.result)
+    recon = Reconstruction.load(path)
+    out = Path(os.path.abspath(opts.out)) if opts.out else path.parent.absolute()
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {opts.out}: exists and is not a folder")
+    try:
+        written = write_exports(recon, out, opts.format, opts.quiet)
+    except OSError as e:
+        raise output_error(out, e) from None
+    names = ", ".join(str(Path(p).relative_to(out)) for p in written.values())
+    print(f"f3d export: {recon.n} views, {time.perf_counter() - t0:.1f} s -> {out}{os.sep} ({names})")
+    return 0
+
+
+def view(opts: View) -> int:
+    from f3d_jax.viewer import serve
+
+    path = result_file(opts.path)
+    serve(path, port=opts.port, host=opts.host, block=True)
+    return 0
+
+
+def convert(opts: Convert) -> int:
+    from f3d_jax.weights.loading import load_model, save_model
+
+    model = load_model(opts.src, dtype=opts.dtype)
+    out = save_model(model, opts.dst, overwrite=opts.overwrite)
+    print(f"wrote {out} ({model.config.official_class})")
+    return 0
+
+
+def checkpoints(opts: Checkpoints) -> int:
+    from f3d_jax.weights.registry import get_checkpoint_info, list_checkpoints
+
+    for name in list_checkpoints(opts.family):
+        info = get_checkpoint_info(name)
+        print(f"{name}\t{info.family}\t{info.hf_repo or '-'}\t{info.license}")
+    return 0
+
+
+RUNNERS: dict[type, Callable[[Any], int]] = {Reconstruct: reconstruct, Demo: demo, Export: export_cmd, View: view,
+                                             Convert: convert, Checkpoints: checkpoints}

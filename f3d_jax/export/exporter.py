@@ -37,7 +37,8 @@ class ExportOptions:
       max_points: at most this many 3D points in the COLMAP model.
       min_track_length: each COLMAP point is observed by at least this many images (>= 2 for bundle adjustment).
       depth_tol: relative depth agreement for a view to observe a COLMAP point.
-      track_observations: 'projection' or 'measured': how a COLMAP point's pixels are found (`build_tracks`).
+      track_observations: 'measured' (default) or 'projection': how a COLMAP point's pixels are found
+        (`build_tracks`): each view's own measurement (real residuals) or the point's projection (zero residuals).
       cloud_max_points: at most this many points in the PLY and GLB (None: every exported pixel).
       ply_confidence: add a `confidence` property to the PLY.
       frustum_depth: depth of the GLB camera frusta (world units; default a tenth of the median depth).
@@ -49,7 +50,7 @@ class ExportOptions:
     max_points: int = 100_000
     min_track_length: int = 2
     depth_tol: float = 0.02
-    track_observations: str = "projection"
+    track_observations: str = "measured"
     cloud_max_points: int | None = None
     ply_confidence: bool = True
     frustum_depth: float | None = None

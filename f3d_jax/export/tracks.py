@@ -8,15 +8,16 @@ Method (vectorised numpy; loops over views only):
   3. Verification in every view: a candidate X is observed by view j when it projects inside j's image in front
      of the camera, j's mask holds at the nearest pixel q, j's depth at q agrees with X's depth within
      `depth_tol` (relative), and j's own 3D point at q lies within `depth_tol * z + 1.5 * z / f_j` of X
-     (depth tolerance plus about a pixel's footprint). The observation is, with `observations='projection'`
-     (default), X's sub-pixel projection into j; with 'measured', the sub-pixel position where j's OWN pointmap
-     meets X (a Gauss-Newton step on the pointmap's local Jacobian from q).
+     (depth tolerance plus about a pixel's footprint). The observation is, with `observations='measured'`
+     (default), the sub-pixel position where j's OWN pointmap meets X (a Gauss-Newton step on the pointmap's
+     local Jacobian from q); with 'projection', X's sub-pixel projection into j.
   4. Points observed by fewer than `min_views` views are dropped.
 
-With 'projection' the observations are consistent with the exported cameras by construction (reprojection error
-zero up to float rounding), like Depth-Anything-3's export: the tracks say which views see which point. With
-'measured' each view contributes its own measurement, so the residuals show where views disagree and COLMAP's
-bundle adjustment has something to refine. A point's colour is its source pixel's.
+With 'measured' each view contributes its own measurement, so the reprojection residuals show where the views
+disagree and COLMAP's bundle adjustment has something to refine (`f3d demo`: mean 0.5 px). With 'projection'
+the observations are consistent with the exported cameras by construction (reprojection error zero up to float
+rounding), like Depth-Anything-3's export: the tracks then only say which views see which point.
+A point's colour is its source pixel's.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _voxel_select(X: np.ndarray, order: np.ndarray, voxel: float) -> np.ndarray:
 
 def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_points: int = 100_000,
                  depth_tol: float = 0.02, min_views: int = 2, seed: int = 0,
-                 observations: str = "projection") -> Tracks:
+                 observations: str = "measured") -> Tracks:
     """Tracks of at most `max_points` points, each seen by at least `min_views` views (see the module docstring).
 
     Args:
@@ -59,11 +60,11 @@ def build_tracks(recon: Reconstruction, mask: np.ndarray | None = None, max_poin
       depth_tol: relative depth agreement required for an observation.
       min_views: minimum track length.
       seed: seed of the random subset used when the voxel grid alone does not reach `max_points`.
-      observations: 'projection' (each observation is the point's projection: zero reprojection error with the
-        exported cameras) or 'measured' (where the view's OWN pointmap meets the point: one Gauss-Newton step
+      observations: 'measured' (default: where the view's OWN pointmap meets the point: one Gauss-Newton step
         from the nearest pixel on the pointmap's local Jacobian, falling back to the projection at depth
         edges or when the step exceeds 1.5 pixels), whose residuals measure how well the views agree, for COLMAP's
-        bundle adjustment to reduce.
+        bundle adjustment to reduce) or 'projection' (each observation is the point's projection: zero
+        reprojection error with the exported cameras by construction, nothing left for a bundle adjustment).
     Returns:
       Tracks with working-resolution observation pixels.
     """

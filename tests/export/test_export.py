@@ -88,13 +88,16 @@ def test_colmap_model_read_by_pycolmap(recon, out, binary):
         np.testing.assert_allclose(_cam_from_world(im), np.linalg.inv(recon.cam2world[k])[:3], atol=1e-9)
     xyz, obs, proj, ids = _observations(rec)
     err = np.linalg.norm(obs - proj, axis=1)
-    assert err.mean() < 1e-6 and err.max() < 1e-5  # acceptance: < 1.5 px; exact geometry gives ~0
+    # acceptance: < 1.5 px. The default 'measured' observations interpolate each view's own pointmap: on exact
+    # geometry that is a few hundredths of a (source) pixel, error of the local linearisation at curved surfaces
+    # (the Gauss-Newton step is capped at 1.5 working pixels, SCALE source pixels each)
+    assert err.mean() < 0.05 and np.quantile(err, 0.99) < 0.5 and err.max() < 1.5 * SCALE
     lengths = np.array([p.track.length() for p in rec.points3D.values()])
     assert lengths.min() >= 2 and lengths.mean() >= 2.2 and rec.num_points3D() > 2000
     assert all(len({el.image_id for el in p.track.elements}) == p.track.length() for p in rec.points3D.values())
-    # the observations are real: each point lies on the surface the view sees at that pixel (exact depth maps)
+    # the observations are real: each point lies on the surface the view sees where it projects (exact depth maps)
     Ainv = np.linalg.inv(np.vstack([A, [0, 0, 1]]))
-    uv = (np.c_[obs - 0.5, np.ones(len(obs))] @ Ainv.T)[:, :2]
+    uv = (np.c_[proj - 0.5, np.ones(len(obs))] @ Ainv.T)[:, :2]
     q = np.round(uv).astype(int)
     w2c = np.linalg.inv(recon.cam2world)[ids - 1]
     z = np.einsum("mij,mj->mi", w2c[:, :3, :3], xyz)[:, 2] + w2c[:, 2, 3]
@@ -162,7 +165,7 @@ def test_nerfstudio_frames_agree_with_colmap(recon, out):
     rec = _read_colmap(written["colmap"], True)
     by_name = {im.name: im for im in rec.images.values()}
     assert len(meta["frames"]) == recon.n
-    xyz, obs, _, ids = _observations(rec)
+    xyz, obs, proj, ids = _observations(rec)
     for frame in meta["frames"]:
         for key, typ in _FRAME_SCHEMA.items():
             assert isinstance(frame[key], typ), key
@@ -176,12 +179,12 @@ def test_nerfstudio_frames_agree_with_colmap(recon, out):
         # after the axis flip, nerfstudio's camera is COLMAP's: cam2world_opencv = T @ diag(1, -1, -1, 1)
         c2w = T @ np.diag([1.0, -1, -1, 1])
         np.testing.assert_allclose(np.linalg.inv(c2w)[:3], _cam_from_world(im), atol=1e-9)
-        # and a nerfstudio (OpenGL) projection of the COLMAP points lands on their COLMAP observations
+        # and a nerfstudio (OpenGL) projection of the COLMAP points lands where COLMAP's camera projects them
         sel = ids == im.image_id
         Xc = (xyz[sel] - T[:3, 3]) @ T[:3, :3]  # OpenGL camera frame: x right, y up, looking down -z
         u = frame["fl_x"] * Xc[:, 0] / -Xc[:, 2] + frame["cx"]
         v = -frame["fl_y"] * Xc[:, 1] / -Xc[:, 2] + frame["cy"]
-        np.testing.assert_allclose(np.c_[u, v], obs[sel], atol=1e-6)
+        np.testing.assert_allclose(np.c_[u, v], proj[sel], atol=1e-6)
 
 
 def test_ply_read_by_trimesh(recon, out):

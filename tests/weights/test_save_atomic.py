@@ -3,11 +3,8 @@ destination that loads to the old or the new params; the next save cleans up; re
 
 from __future__ import annotations
 
-import importlib.util
-import lzma
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -17,7 +14,6 @@ import pytest
 import f3d_jax
 import f3d_jax.io.atomic as atomic
 import f3d_jax.weights.loading as loading
-from conftest import REPO_ROOT
 from f3d_jax.io.atomic import atomic_open, atomic_write_text, backup_path
 
 from .test_config_validation import tiny_model
@@ -183,19 +179,3 @@ def test_atomic_file_writes(tmp_path):
     atomic_write_text(tmp_path / "t.json", '{"a": 1}')
     assert (tmp_path / "t.json").read_text() == '{"a": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "t.json"]  # no temporary left
-
-
-def test_demo_leaves_no_temporary_checkpoint(tmp_path, monkeypatch):
-    """The main job round-trips its model through a temporary orbax folder that it deletes."""
-    spec = importlib.util.spec_from_file_location("demo_pair", REPO_ROOT / "tools" / "demo_pair.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    tmp_root = tmp_path / "tmp"
-    tmp_root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_root))
-    monkeypatch.setattr("sys.argv", ["demo_pair.py", "--out", str(tmp_path / "out"), "--niter", "5"])
-    demo.main()
-    assert list(tmp_root.iterdir()) == []
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pairs.npz", "scene.npz"]
-    scene = np.load(tmp_path / "out" / "scene.npz")
-    assert scene["cam2world"].shape == (3, 4, 4) and np.isfinite(scene["pts3d"]).all()

@@ -7,6 +7,8 @@ poses and sizes only) -> fine stage (2D reprojection, plus intrinsics and anchor
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -14,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from f3d_jax.sparse.chain import kinematic_chain
-from f3d_jax.sparse.data import collect_pairs, components, condense, finalize_canonical
+from f3d_jax.sparse.chain import KinematicChain, kinematic_chain
+from f3d_jax.sparse.data import (Canonical, Condensed, PairData, SparseProblem, collect_pairs, components, condense,
+                                 finalize_canonical)
 from f3d_jax.sparse.optimize import cosine_lrs, final_state, initial_params, run_stage
 from f3d_jax.sparse.scene import SparseScene
 
@@ -115,6 +118,58 @@ def sparse_global_alignment(
             or images whose matches do not connect them (the error lists the components).
     """
     names = _check_args(imgs, subsample, niter1, niter2, kinematic_mode, desc_conf)
+    prep = prepare(names, pairs, model, subsample=int(subsample), desc_conf=desc_conf, kinematic_mode=kinematic_mode,
+                   shared_intrinsics=shared_intrinsics, matching_conf_thr=matching_conf_thr, cache_dir=cache_dir,
+                   init=init)
+    problem, params, cond = prep.problem, prep.params, prep.condensed
+    masks = stage_masks(params, opt_pp, opt_depth)
+    common = dict(depth_levels=cond.depth_levels, gamma_fallback=1.1, fallback_w=float(loss_dust3r_w))
+    curves = []
+    result = params
+    for lr, niter, stage, gamma, mask in ((lr1, niter1, "3d", 1.5, masks[0]), (lr2, niter2, "2d", 0.5, masks[1])):
+        if niter == 0:
+            continue
+        result, final, losses, n_run = run_stage(params, problem, jnp.asarray(cosine_lrs(lr, niter)), mask,
+                                                 stage=stage, gamma=gamma, **common)
+        n_run = int(n_run)
+        curves.append(np.asarray(losses)[:n_run])
+        if n_run < niter:  # non-finite loss: the official loop stops (and so does the next stage here)
+            warnings.warn(f"sparse_global_alignment: non-finite loss at iteration {n_run - 1} of the "
+                          f"{'coarse' if stage == '3d' else 'fine'} stage; stopped there", RuntimeWarning, stacklevel=2)
+            break
+        params = final
+    cams = jax.device_get(final_state(result, problem, cond.depth_levels))
+    pts = cams["pts3d"]
+    depth = cams["depth"]
+    anchor_pts = tuple(pts[s : s + m] for s, m in zip(cond.point_start, cond.n_points))
+    sparse_depth = tuple(depth[k, : h * w].reshape(h, w) for k, (h, w) in enumerate(cond.anchors_shape))
+    return SparseScene(
+        intrinsics=np.asarray(cams["K"]), cam2world=np.asarray(cams["cam2w"]), sparse_depthmaps=sparse_depth,
+        anchor_pts3d=anchor_pts, loss_curve=np.concatenate(curves) if curves else np.zeros(0, np.float32),
+        canon2=tuple(c.canon2 for c in prep.canonical), canon_conf=tuple(c.conf for c in prep.canonical),
+        base_focals=np.asarray(problem.base_focals), names=tuple(names), subsample=int(subsample),
+        root=prep.chain.root, chain_edges=prep.chain.edges,
+        pair_scores=tuple((p.i, p.j, len(p.conf)) for p in prep.pair_data),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything before the optimisation: per-pair data, canonical views, chain, the padded problem and the
+    initial parameters."""
+
+    pair_data: list[PairData]
+    canonical: list[Canonical]
+    chain: KinematicChain
+    condensed: Condensed
+    problem: SparseProblem
+    params: dict
+
+
+def prepare(names: list[str], pairs, model, *, subsample: int = 8, desc_conf: str = "desc_conf",
+            kinematic_mode: str = "hclust-ward", shared_intrinsics: bool = False, matching_conf_thr: float = 5.0,
+            cache_dir: str | None = None, init: Mapping | None = None) -> Prepared:
+    """Network pass, matching, canonical data, kinematic chain and condensed problem (no optimisation)."""
     n = len(names)
     keys, pair_data, accs = collect_pairs(names, pairs, model, int(subsample), desc_conf, cache_dir)
     canon = finalize_canonical(accs, names)
@@ -136,35 +191,15 @@ def sparse_global_alignment(
     params = initial_params(problem, shared_intrinsics, weights)
     params, problem = _apply_init(init, names, params, problem, canon)
     problem = jax.tree.map(jnp.asarray, problem)
+    return Prepared(pair_data, canon, chain, cond, problem, params)
 
+
+def stage_masks(params: dict, opt_pp: bool = True, opt_depth: bool = True) -> tuple[dict, dict]:
+    """Trainable masks of the coarse stage (rotations, translations, sizes) and the fine stage (plus focals,
+    principal points if `opt_pp`, anchor depths if `opt_depth`)."""
     zeros = jax.tree.map(jnp.zeros_like, params)
-    coarse_mask = {**zeros, **{k: jnp.ones_like(params[k]) for k in ("quats", "trans", "log_sizes")}}
-    fine_mask = {**coarse_mask, "log_focals": jnp.ones_like(params["log_focals"]),
-                 "pps": jnp.full_like(params["pps"], float(bool(opt_pp))),
-                 "core_depth": jnp.full_like(params["core_depth"], float(bool(opt_depth)))}
-    common = dict(depth_levels=cond.depth_levels, gamma_fallback=1.1, fallback_w=float(loss_dust3r_w))
-    curves = []
-    result = params
-    for lr, niter, stage, gamma, mask in ((lr1, niter1, "3d", 1.5, coarse_mask), (lr2, niter2, "2d", 0.5, fine_mask)):
-        if niter == 0:
-            continue
-        result, final, losses, n_run = run_stage(params, problem, jnp.asarray(cosine_lrs(lr, niter)), mask,
-                                          stage=stage, gamma=gamma, **common)
-        n_run = int(n_run)
-        curves.append(np.asarray(losses)[:n_run])
-        if n_run < niter:  # non-finite loss: the official loop stops
-            break
-        params = final
-    cams = jax.device_get(final_state(result, problem, cond.depth_levels))
-    pts = cams["pts3d"]
-    depth = cams["depth"]
-    anchor_pts = tuple(pts[s : s + m] for s, m in zip(cond.point_start, cond.n_points))
-    sparse_depth = tuple(depth[k, : h * w].reshape(h, w) for k, (h, w) in enumerate(cond.anchors_shape))
-    return SparseScene(
-        intrinsics=np.asarray(cams["K"]), cam2world=np.asarray(cams["cam2w"]), sparse_depthmaps=sparse_depth,
-        anchor_pts3d=anchor_pts, loss_curve=np.concatenate(curves) if curves else np.zeros(0, np.float32),
-        canon2=tuple(c.canon2 for c in canon), canon_conf=tuple(c.conf for c in canon),
-        base_focals=np.asarray(problem.base_focals), names=tuple(names), subsample=int(subsample),
-        root=chain.root, chain_edges=chain.edges,
-        pair_scores=tuple((p.i, p.j, len(p.conf)) for p in pair_data),
-    )
+    coarse = {**zeros, **{k: jnp.ones_like(params[k]) for k in ("quats", "trans", "log_sizes")}}
+    fine = {**coarse, "log_focals": jnp.ones_like(params["log_focals"]),
+            "pps": jnp.full_like(params["pps"], float(bool(opt_pp))),
+            "core_depth": jnp.full_like(params["core_depth"], float(bool(opt_depth)))}
+    return coarse, fine

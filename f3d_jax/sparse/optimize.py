@@ -45,7 +45,7 @@ def safe_norm(x: jax.Array) -> jax.Array:
     """Euclidean norm over the last axis with a zero (not NaN) gradient at 0 (padding compares a point with itself)."""
     sq = jnp.sum(x * x, axis=-1)
     pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0 * sq)  # 0 * sq: NaN stays NaN (early stop)
 
 
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:

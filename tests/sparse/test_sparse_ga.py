@@ -12,7 +12,9 @@ import pytest
 import f3d_jax
 from f3d_jax.eval.metrics import focal_metrics, pose_metrics
 from f3d_jax.geometry.procrustes import umeyama
-from f3d_jax.sparse import SparseScene, kinematic_chain, sparse_global_alignment
+from f3d_jax.sparse import SparseScene, api, kinematic_chain, sparse_global_alignment
+from f3d_jax.sparse.api import prepare, stage_masks
+from f3d_jax.sparse.optimize import cosine_lrs, run_stage
 from f3d_jax.sparse.data import collect_pairs, finalize_canonical
 from tests.conftest import fixture_path
 from tests.sparse.standin import StandIn, case_pairs, load_case
@@ -222,3 +224,46 @@ def test_bad_inputs(case):
         sparse_global_alignment(names, [p for p in pairs if 3 not in (p[0]["idx"], p[1]["idx"])], StandIn(inp))
     with pytest.raises(ValueError, match="kinematic_mode"):
         sparse_global_alignment(names, pairs, StandIn(inp), kinematic_mode="tree")
+
+
+def test_non_finite_loss_stops_the_stage(case, cache, full):
+    """A NaN learning rate at step 5 poisons the parameters: the loss of iteration 6 is NaN, the stage stops
+    there and returns the state at its start (official loop: loss, step, then `break` on NaN)."""
+    prep = prepare(case["names"], case["pairs"], None, subsample=8, matching_conf_thr=0.0, cache_dir=cache["dir"])
+    coarse, _ = stage_masks(prep.params)
+    lrs = cosine_lrs(0.07, 300)
+    lrs[5] = np.nan
+    result, final, losses, n_run = run_stage(prep.params, prep.problem, lrs, coarse, stage="3d", gamma=1.5,
+                                             depth_levels=prep.condensed.depth_levels)
+    losses = np.asarray(losses)
+    assert int(n_run) == 7
+    np.testing.assert_array_equal(losses[:6], full.loss_curve[:6])  # same compiled stage, same numbers
+    assert np.all(np.isnan(losses[6:]))
+    assert np.all(np.isnan(np.asarray(result["quats"])))  # the poisoned state the official returns too
+    with pytest.warns(RuntimeWarning, match="non-finite loss at iteration 6 of the coarse stage"):
+        orig = api.cosine_lrs
+        try:
+            api.cosine_lrs = lambda lr, niter: lrs
+            sparse_global_alignment(case["names"], case["pairs"], None, niter1=300, niter2=300,
+                                    cache_dir=cache["dir"], **DEMO)
+        finally:
+            api.cosine_lrs = orig
+
+
+def test_known_intrinsics(case, cache):
+    """`init` intrinsics (official option): the coarse stage keeps them exactly; known poses are refused."""
+    gt = case["gt"]
+    K = np.zeros((4, 3, 3), np.float32)
+    K[:, 0, 0] = K[:, 1, 1] = gt["focals"]
+    K[:, :2, 2] = gt["principal_points"]
+    K[:, 2, 2] = 1
+    init = {name: {"intrinsics": K[k]} for k, name in enumerate(case["names"])}
+    scene = sparse_global_alignment(case["names"], case["pairs"], None, niter1=300, niter2=0, cache_dir=cache["dir"],
+                                    init=init, **DEMO)
+    np.testing.assert_allclose(scene.intrinsics, K, rtol=1e-6)
+    assert scene.loss_curve.shape == (300,) and scene.loss_curve[-1] < scene.loss_curve[0]
+    pose = pose_metrics(scene.cam2world, gt["cam2world"])
+    assert pose["RRA@5"] == 1.0
+    with pytest.raises(NotImplementedError, match="known poses"):
+        sparse_global_alignment(case["names"], case["pairs"], None, cache_dir=cache["dir"],
+                                init={case["names"][0]: {"cam2w": np.eye(4)}}, **DEMO)

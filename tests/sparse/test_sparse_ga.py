@@ -198,7 +198,7 @@ def test_two_images(case, cache):
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))) < 3
 
 
-def test_bad_inputs(case):
+def test_bad_inputs(case, cache):
     inp = case["inp"]
     names, pairs = case_pairs(4, case["H"], case["W"])
     with pytest.raises(ValueError, match="at least 2 images"):
@@ -219,9 +219,10 @@ def test_bad_inputs(case):
     split = [p for p in pairs if {p[0]["idx"], p[1]["idx"]} in ({0, 1}, {2, 3})]
     with pytest.raises(ValueError, match=r"2 disconnected components: \[0 \(view_000.png\), 1 \(view_001.png\)\]; "
                                          r"\[2 \(view_002.png\), 3 \(view_003.png\)\]"):
-        sparse_global_alignment(names, split, StandIn(inp), niter1=1, niter2=0)
+        sparse_global_alignment(names, split, None, niter1=1, niter2=0, cache_dir=cache["dir"])
     with pytest.raises(ValueError, match="image 3 .* is in no pair"):
-        sparse_global_alignment(names, [p for p in pairs if 3 not in (p[0]["idx"], p[1]["idx"])], StandIn(inp))
+        sparse_global_alignment(names, [p for p in pairs if 3 not in (p[0]["idx"], p[1]["idx"])], None,
+                                cache_dir=cache["dir"])
     with pytest.raises(ValueError, match="kinematic_mode"):
         sparse_global_alignment(names, pairs, StandIn(inp), kinematic_mode="tree")
 

@@ -128,7 +128,7 @@ def run_ours(n, H, W, pairs, arrays, niter):
         with tempfile.TemporaryDirectory() as cache:
             t = time.perf_counter()
             from f3d_jax.sparse.api import prepare
-            prep = prepare(names, vp, model, subsample=8, matching_conf_thr=0.0, cache_dir=cache)
+            prepare(names, vp, model, subsample=8, matching_conf_thr=0.0, cache_dir=cache)  # fills the cache
             t_prep = time.perf_counter() - t
             t = time.perf_counter()
             scene = sparse_global_alignment(names, vp, None, niter1=niter, niter2=niter, matching_conf_thr=0.0,

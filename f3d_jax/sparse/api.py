@@ -41,7 +41,7 @@ def _check_args(imgs, subsample, niter1, niter2, kinematic_mode, desc_conf) -> l
     return names
 
 
-def _apply_init(init: Mapping | None, names: list[str], params: dict, problem, canon) -> tuple[dict, Any]:
+def _apply_init(init: Mapping | None, names: list[str], params: dict, problem: SparseProblem) -> tuple[dict, Any]:
     """Known intrinsics / relative depth maps per image (official `init[name]['intrinsics'|'depthmap']`)."""
     if not init:
         return params, problem
@@ -189,7 +189,7 @@ def prepare(names: list[str], pairs, model, *, subsample: int = 8, desc_conf: st
     problem = jax.tree.map(jnp.asarray, cond.problem)
     weights = np.asarray([c.conf.mean() for c in canon], np.float32)
     params = initial_params(problem, shared_intrinsics, weights)
-    params, problem = _apply_init(init, names, params, problem, canon)
+    params, problem = _apply_init(init, names, params, problem)
     problem = jax.tree.map(jnp.asarray, problem)
     return Prepared(pair_data, canon, chain, cond, problem, params)
 

@@ -117,20 +117,20 @@ def test_full_run_matches_official(case, full):
     assert abs(ours[299] / metrics["coarse_final_loss"] - 1) < 2.5e-3
     assert abs(ours[599] / metrics["fine_final_loss"] - 1) < 1e-3
     # intrinsics
-    assert np.abs(full.focals / off["intrinsics"][:, 0, 0] - 1).max() < 1.5e-3
-    assert np.abs(full.principal_points - off["intrinsics"][:, :2, 2]).max() < 0.5
+    assert np.abs(full.focals / off["intrinsics"][:, 0, 0] - 1).max() < 1e-3  # table: 6.5e-4 (own sensitivity 9e-4)
+    assert np.abs(full.principal_points - off["intrinsics"][:, :2, 2]).max() < 0.3  # table: 0.2 px
     # cameras after a Sim(3) fit of the centres (the absolute pose is free)
     s, R, t = umeyama(full.cam2world[:, :3, 3].astype(np.float64), off["cam2world"][:, :3, 3].astype(np.float64))
     centres = s * full.cam2world[:, :3, 3] @ R.T + t
     spread = np.linalg.norm(off["cam2world"][:, :3, 3] - off["cam2world"][:, :3, 3].mean(0), axis=1).mean()
-    assert np.abs(centres - off["cam2world"][:, :3, 3]).max() / spread < 1e-2
+    assert np.abs(centres - off["cam2world"][:, :3, 3]).max() / spread < 4e-3
     for k in range(4):
         dR = (R @ full.cam2world[k, :3, :3]).T @ off["cam2world"][k, :3, :3]
-        assert np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))) < 0.15
+        assert np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))) < 0.1  # table: 0.06 deg
     # anchor depths (ill-conditioned: median tight, max loose), scale-free
     d_ours = np.stack(full.sparse_depthmaps)
     rel_d = np.abs(d_ours / np.median(d_ours) * np.median(off["sparse_depthmaps"]) / off["sparse_depthmaps"] - 1)
-    assert np.median(rel_d) < 3e-3 and rel_d.max() < 0.3
+    assert np.median(rel_d) < 1.5e-3 and rel_d.max() < 0.25  # table: 1.5e-3 / 15% (own sensitivity 22%)
     assert [len(a) for a in full.anchor_pts3d] == [len(off[f"anchor_pts3d_{k}"]) for k in range(4)]
 
 
@@ -139,12 +139,13 @@ def test_full_run_accuracy_vs_ground_truth(case, full):
     pose = pose_metrics(full.cam2world, gt["cam2world"])
     for key in ("RRA@5", "RTA@5", "mAA@30"):
         assert pose[key] >= official["pose"][key]
-    assert pose["ATE_rmse"] <= official["pose"]["ATE_rmse"] * 1.1
-    assert pose["rel_rot_err_deg_mean"] <= official["pose"]["rel_rot_err_deg_mean"] * 1.1
+    assert pose["ATE_rmse"] <= official["pose"]["ATE_rmse"]  # 0.00654 vs 0.00669
+    assert pose["rel_rot_err_deg_mean"] <= official["pose"]["rel_rot_err_deg_mean"]  # 0.870 vs 0.901
     focal = focal_metrics(full.focals, gt["focals"])
-    assert focal["focal_rel_err_mean"] <= official["focal"]["focal_rel_err_mean"] * 1.05
+    # 0.04229 vs 0.04238: closer than the run's own sensitivity (focals move by ~9e-4 relative), hence the slack
+    assert focal["focal_rel_err_mean"] <= official["focal"]["focal_rel_err_mean"] + 1e-3
     pp_err = np.abs(full.principal_points - gt["principal_points"]).max()
-    assert pp_err <= official["principal_point_max_abs_err_px"] * 1.1
+    assert pp_err <= official["principal_point_max_abs_err_px"]  # 3.35 vs 3.56 px
 
 
 def test_dense_cloud_and_cleaning(case, full):

@@ -179,10 +179,13 @@ def test_mst_mode_and_public_api(case, cache):
                                     **{**DEMO, "kinematic_mode": "mst"})
     assert scene.root == 0 and set(scene.chain_edges) == {(0, 1), (0, 2), (2, 3)}
     assert scene.loss_curve.shape == (600,) and np.all(np.isfinite(scene.loss_curve))
-    official = case["metrics"]["accuracy"]["pose"]
+    # the official 'mst' variant of this case (metrics.json, metrics only): final loss 1.36839, ATE 0.00741
+    variant = case["metrics"]["variants"]["kinematic_mst"]
+    assert abs(scene.loss_curve[-1] / variant["fine_final_loss"] - 1) < 1e-3  # measured 9e-5
     pose = pose_metrics(scene.cam2world, case["gt"]["cam2world"])
     assert pose["RRA@5"] == 1.0 and pose["RTA@5"] == 1.0
-    assert pose["rel_rot_err_deg_mean"] < 2 * official["rel_rot_err_deg_mean"]
+    assert pose["ATE_rmse"] <= variant["accuracy"]["pose"]["ATE_rmse"]  # measured 0.00738
+    assert pose["rel_rot_err_deg_mean"] < 1.1 * variant["accuracy"]["pose"]["rel_rot_err_deg_mean"]  # 0.847 vs 0.820
 
 
 def test_two_images(case, cache):

@@ -32,6 +32,8 @@ _LAZY = {
     "global_align": "f3d_jax.align.dense",
     "AlignResult": "f3d_jax.align.types",
     "Scene": "f3d_jax.align.types",  # deprecated alias of AlignResult
+    "sparse_global_alignment": "f3d_jax.sparse.api",
+    "SparseScene": "f3d_jax.sparse.scene",
     "list_checkpoints": "f3d_jax.weights.registry",
     "get_checkpoint_info": "f3d_jax.weights.registry",
 }

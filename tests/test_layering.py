@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "eval": {"geometry"},
     "align": {"geometry", "eval"},
     "matching": set(),
+    "sparse": {"geometry", "matching", "align", "eval"},
     "infer": {"io", "models", "nn", "weights", "geometry"},
     "export": {"io", "geometry", "align", "eval"},
     "viewer": {"io", "export"},

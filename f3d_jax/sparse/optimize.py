@@ -1,0 +1,209 @@
+"""Parametrisation, losses and the two optimisation stages of the sparse global alignment (official
+`sparse_scene_optimizer`; spec `alignment.md` sections 4.4-4.5).
+
+Parameters (a dict pytree): `quats` (N, 4) XYZW relative rotations along the kinematic chain, `trans`
+(N, 3), `log_sizes` (N,), `pps` (N|1, 2) principal points normalised by (W, H), `log_focals` (N|1,)
+(shape 1 with shared intrinsics), `core_depth` (N, A) anchor depths relative to the image's median.
+
+Each stage is one `lax.scan` of optax Adam(b1 = b2 = 0.9) steps under `jit`, the learning rate following a
+cosine from `lr` to 0; frozen parameters get zero gradients (Adam then moves them by exactly 0), the
+quaternions are renormalised after each step, and once the loss is non-finite the remaining steps are
+masked (the official loop stops). The state returned is the one at the start of the last iteration run
+(official pitfall: one step stale). Everything is vectorised over images and matches with the padded
+static shapes of `SparseProblem` (one fused loss, no per-pair Python loop).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from f3d_jax.geometry.transforms import quat_xyzw_to_rotmat
+from f3d_jax.sparse.data import SparseProblem
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def gamma_offset(gamma: float) -> float:
+    """delta = (1/g)^(1/(g-1)), making (d + delta)^g - delta^g of slope 1 at 0 (official `gamma_loss`)."""
+    return (1 / gamma) ** (1 / (gamma - 1))
+
+
+def gamma_loss(d: jax.Array, gamma: float) -> jax.Array:
+    """Robust loss rho(d) = (d + delta)^g - delta^g (plain d for g = 1)."""
+    if gamma == 1:
+        return d
+    off = gamma_offset(gamma)
+    return (d + off) ** gamma - off**gamma
+
+
+def safe_norm(x: jax.Array) -> jax.Array:
+    """Euclidean norm over the last axis with a zero (not NaN) gradient at 0 (padding compares a point with itself)."""
+    sq = jnp.sum(x * x, axis=-1)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0 * sq)  # 0 * sq: NaN stays NaN (early stop)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def initial_params(problem: SparseProblem, shared_intrinsics: bool, weights: np.ndarray | None = None) -> dict:
+    """Official initial values: identity rotations, zero translations and log sizes, pp (0.5, 0.5), base focals.
+
+    With `shared_intrinsics`, one pp and log focal initialised with the average weighted by `weights`
+    (the images' mean canonical confidence)."""
+    n = problem.imsizes.shape[0]
+    quats = jnp.tile(jnp.asarray([0.0, 0.0, 0.0, 1.0], jnp.float32), (n, 1))
+    pps = jnp.full((n, 2), 0.5, jnp.float32)
+    log_focals = jnp.log(jnp.asarray(problem.base_focals, jnp.float32))
+    if shared_intrinsics:
+        w = jnp.asarray(weights, jnp.float32)
+        w = w / w.sum()
+        pps = (w @ pps)[None]
+        log_focals = jnp.log(w @ jnp.asarray(problem.base_focals, jnp.float32))[None]
+    return dict(quats=quats, trans=jnp.zeros((n, 3), jnp.float32), log_sizes=jnp.zeros((n,), jnp.float32),
+                pps=pps, log_focals=log_focals, core_depth=jnp.asarray(problem.core_depth, jnp.float32))
+
+
+def decode(params: dict, problem: SparseProblem, depth_levels: int) -> dict:
+    """Cameras and anchor depths from parameters (official `make_K_cam_depth`, depth_mode 'add').
+
+    Returns dict: `K` (N, 3, 3), `cam2w` (N, 4, 4), `w2cam` (N, 4, 4), `depth` (N, A) anchor depths,
+    `focals` (N,).
+    """
+    n = problem.imsizes.shape[0]
+    imsizes = problem.imsizes
+    diag = jnp.sqrt(jnp.sum(imsizes * imsizes, axis=-1))
+    focals = jnp.clip(jnp.broadcast_to(jnp.exp(params["log_focals"]), (n,)), 0.25 * diag, 10 * diag)
+    pps = jnp.broadcast_to(params["pps"], (n, 2))
+    zero, one = jnp.zeros(n, jnp.float32), jnp.ones(n, jnp.float32)
+    c = pps * imsizes
+    K = jnp.stack([jnp.stack([focals, zero, c[:, 0]], -1), jnp.stack([zero, focals, c[:, 1]], -1),
+                   jnp.stack([zero, zero, one], -1)], -2)
+    sizes = jnp.exp(params["log_sizes"])
+    g = 1 / jnp.min(sizes)  # anti-collapse global scale (gradient shared evenly by ties, as torch)
+    z_cam = sizes * problem.median_depths * focals / problem.base_focals
+    q = params["quats"]
+    q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    R = quat_xyzw_to_rotmat(q, xnp=jnp)
+    rel = jnp.concatenate([jnp.concatenate([R, params["trans"][:, :, None]], -1),
+                           jnp.broadcast_to(jnp.asarray([[[0.0, 0.0, 0.0, 1.0]]], jnp.float32), (n, 1, 4))], -2)
+    # kinematic chain: after k rounds every camera at depth <= k holds parent @ rel (official product order)
+    is_root = (problem.parents == jnp.arange(n))[:, None, None]
+    P = rel
+    for _ in range(depth_levels):
+        P = jnp.where(is_root, rel, _matmul(P[problem.parents], rel))
+    offset = z_cam[:, None] * jnp.concatenate([imsizes / focals[:, None] * (0.5 - pps), one[:, None]], -1)
+    Rc = P[:, :3, :3]
+    t = g * (P[:, :3, 3] - jnp.einsum("nij,nj->ni", Rc, offset, precision=HIGHEST))
+    cam2w = jnp.concatenate([jnp.concatenate([Rc, t[:, :, None]], -1), P[:, 3:4, :]], -2)
+    Rt = jnp.swapaxes(Rc, -1, -2)  # rigid inverse (the official inverts the 4x4 with linalg.inv: same to round-off)
+    w2cam = jnp.concatenate([jnp.concatenate([Rt, -jnp.einsum("nij,nj->ni", Rt, t, precision=HIGHEST)[:, :, None]], -1),
+                             P[:, 3:4, :]], -2)
+    depth = g * (z_cam[:, None] + (params["core_depth"] - 1) * (problem.median_depths * sizes)[:, None])
+    return dict(K=K, cam2w=cam2w, w2cam=w2cam, depth=depth, focals=focals)
+
+
+def points_world(cams: dict, problem: SparseProblem, pt_img, pt_uv, pt_anchor, pt_offset, ret_depth: bool = False):
+    """World points of pixel entries (official `make_pts3d`): depth of the block's anchor times the
+    focal-compensated offset 1 + (o - 1) f0 / f, back-projected and moved by cam2w."""
+    f = cams["focals"][pt_img]
+    off = 1 + (pt_offset - 1) * (problem.base_focals[pt_img] / f)
+    z = cams["depth"][pt_img, pt_anchor] * off
+    K = cams["K"][pt_img]
+    invf = 1 / f
+    x = z * (pt_uv[:, 0] * invf - K[:, 0, 2] * invf)
+    y = z * (pt_uv[:, 1] * invf - K[:, 1, 2] * invf)
+    cam = jnp.stack([x, y, z], -1)
+    T = cams["cam2w"][pt_img]
+    world = jnp.einsum("pij,pj->pi", T[:, :3, :3], cam, precision=HIGHEST) + T[:, :3, 3]
+    return (world, z) if ret_depth else world
+
+
+def _weighted(loss: jax.Array, w: jax.Array) -> jax.Array:
+    s = jnp.sum(w)
+    return jnp.where(s != 0, jnp.sum(w * loss) / jnp.where(s != 0, s, 1.0), 0.0)
+
+
+def stage_loss(params: dict, problem: SparseProblem, *, stage: str, depth_levels: int, gamma: float,
+               gamma_fallback: float, fallback_w: float) -> jax.Array:
+    """The coarse (3D matching, `stage='3d'`) or fine (2D reprojection, `'2d'`) loss plus the weighted
+    DUSt3R fallback for pairs that fail the matching threshold."""
+    cams = decode(params, problem, depth_levels)
+    X = points_world(cams, problem, problem.pt_img, problem.pt_uv, problem.pt_anchor, problem.pt_offset)
+    if stage == "3d":
+        d = safe_norm(X[problem.m_p] - X[problem.m_q])
+        main = _weighted(gamma_loss(d, gamma), problem.m_conf)
+    else:
+        # every match twice: the partner's 3D point reprojected into each image
+        p = jnp.concatenate([problem.m_p, problem.m_q])
+        q = jnp.concatenate([problem.m_q, problem.m_p])
+        w = jnp.concatenate([problem.m_conf, problem.m_conf])
+        img = problem.pt_img[p]
+        Pm = _matmul(cams["K"], cams["w2cam"][:, :3])[img]
+        res = jnp.einsum("pij,pj->pi", Pm[:, :, :3], X[q], precision=HIGHEST) + Pm[:, :, 3]
+        uv = jnp.clip(res[:, :2] / jnp.maximum(res[:, 2:3], 1e-3), -1000, 2000)
+        main = _weighted(gamma_loss(safe_norm(problem.pt_uv[p] - uv), gamma), w)
+    T = cams["cam2w"][problem.fb_cam]
+    tgt = jnp.einsum("pij,pj->pi", T[:, :3, :3], problem.fb_tgt, precision=HIGHEST) + T[:, :3, 3]
+    fb = _weighted(gamma_loss(safe_norm(X[problem.fb_pt] - tgt), gamma_fallback), problem.fb_conf)
+    return main + fallback_w * fb
+
+
+def cosine_lrs(lr: float, niter: int) -> np.ndarray:
+    """lr at iteration k: cosine from lr to 0 over alpha = k / niter (official schedule, float64 then float32)."""
+    alpha = np.arange(niter) / max(niter, 1)
+    return (lr * (1 + np.cos(alpha * np.pi)) / 2).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("stage", "depth_levels", "gamma", "gamma_fallback", "fallback_w"))
+def run_stage(params: dict, problem: SparseProblem, lrs: jax.Array, trainable: dict, *, stage: str,
+              depth_levels: int, gamma: float, gamma_fallback: float = 1.1, fallback_w: float = 0.01):
+    """One optimisation stage: `len(lrs)` optax Adam(b1 = b2 = 0.9, no weight decay) steps as one `lax.scan`.
+
+    Args:
+        params: initial parameters. lrs: (niter,) learning rates (`cosine_lrs`). trainable: params-shaped
+            float 0/1 masks (a zero gradient leaves Adam's state at 0 and the parameter exactly unchanged, as
+            torch's frozen parameters).
+
+    Returns:
+        (result, final, losses (niter,), n_run): the parameters at the start of the last iteration run (what
+        the official stage returns), after its step (where the next stage starts), the loss of each iteration
+        (NaN after an early stop) and the number of iterations run.
+    """
+    opt = optax.scale_by_adam(b1=0.9, b2=0.9, eps=1e-8)
+    loss_fn = functools.partial(stage_loss, problem=problem, stage=stage, depth_levels=depth_levels,
+                                gamma=gamma, gamma_fallback=gamma_fallback, fallback_w=fallback_w)
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(carry, lr):
+        p, s, stopped, result, n_run = carry
+        loss, g = grad_fn(p)
+        g = jax.tree.map(lambda a, k: a * k, g, trainable)
+        upd, s_new = opt.update(g, s, p)
+        p_new = jax.tree.map(lambda a, u: a - lr * u, p, upd)
+        q = p_new["quats"]
+        p_new = {**p_new, "quats": q / jnp.linalg.norm(q, axis=-1, keepdims=True)}
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(stopped, b, a), new, old)  # noqa: E731
+        result = keep(p, result)
+        n_run = n_run + jnp.where(stopped, 0, 1)
+        out = jnp.where(stopped, jnp.nan, loss)
+        carry = (keep(p_new, p), keep(s_new, s), stopped | ~jnp.isfinite(loss), result, n_run)
+        return carry, out
+
+    init = (params, opt.init(params), jnp.asarray(False), params, jnp.int32(0))
+    (final, _, _, result, n_run), losses = jax.lax.scan(step, init, lrs)
+    return result, final, losses, n_run
+
+
+@functools.partial(jax.jit, static_argnames=("depth_levels",))
+def final_state(params: dict, problem: SparseProblem, depth_levels: int) -> dict:
+    """`decode` plus the world points of every matched-pixel entry (`pts3d` (P, 3)), in one compiled call."""
+    cams = decode(params, problem, depth_levels)
+    pts = points_world(cams, problem, problem.pt_img, problem.pt_uv, problem.pt_anchor, problem.pt_offset)
+    return {**cams, "pts3d": pts}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from f3d_jax.models.config import CroCoConfig
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
 from f3d_jax.nn.patch_embed import PatchEmbed, patchify
 from f3d_jax.nn.pos_embed import sincos_2d

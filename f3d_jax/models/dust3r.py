@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from f3d_jax.models.config import DUSt3RConfig, MASt3RConfig
 from f3d_jax.models.heads import (CatMlpDPTHead, DPTHead, LinearHead, postprocess, postprocess_mast3r,
                                   transpose_to_landscape)
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
 from f3d_jax.nn.patch_embed import PatchEmbed
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import (Conv, ConvTranspose, Mlp, conv3x3_of_upsampled, pixel_shuffle,
                                resize_bilinear_align_corners)
 

@@ -23,9 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import struct
 
 from f3d_jax.models.config import CroCoConfig, DUSt3RConfig
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.precision import check_precision, matmul_precision
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.rope import rope2d
 
 LN_EPS = 1e-6  # the official backbone's LayerNorm eps (torch's default would be 1e-5)

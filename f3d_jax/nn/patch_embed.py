@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Conv
 from f3d_jax.nn.rope import position_grid
 

@@ -21,10 +21,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from f3d_jax.models.config import CroCoConfig, brief
 from f3d_jax.models.model import abstract_module
+from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Conv, ConvTranspose
 from f3d_jax.weights.errors import CheckpointError
 

@@ -25,7 +25,7 @@ On a GPU/TPU the default configurations add N=16 at 512x384 (the issue-12 figure
 Command (all of it, ~10-20 min on 2 CPU cores):   python experiments/bench_dense_ga.py
 Quick smoke run:                                   python experiments/bench_dense_ga.py --quick
 On a GPU, official side included:                  F3D_REFERENCE_ROOT=... python experiments/bench_dense_ga.py --device gpu --quick
-MST initialisation only, ours vs official:      python experiments/bench_dense_ga.py --init-only [--config 16,complete,256,192]
+MST initialisation only, ours vs official:        python experiments/bench_dense_ga.py --init-only [--config 16,complete,256,192]
 Options: --niter K (loop length timed, default 50), --threads T (CPU cores given to each worker, default 1,
 the official baseline's setting), --config N,GRAPH,W,H (repeatable: replaces the default list),
 --chunk-pixels C (override the backend's loss blocking), --storage float32|bfloat16,

@@ -3,11 +3,12 @@ dust3r/cloud_opt/init_im_poses.py (`init_minimum_spanning_tree` + `init_from_pts
 
 It runs once and is not differentiated. The MST initialisation splits into a host part and a device part:
 the spanning-tree walk is decided from the edge scores alone (`_walk_tree`), so every per-edge registration
-(each edge's pairwise Sim(3), and the tree steps) and every focal estimate is known up front and computed in
-batched jitted device calls (`f3d_jax.align.registration`: float32 blocked reductions, finished in float64 on
-the host); the host then only composes 3x3 similarities along the tree (Umeyama is equivariant: registering
-onto sim(Q) is sim after registering onto Q), runs OpenCV RANSAC-PnP for the leaves and reads depths. The
-known-poses initialisation stays host-side numpy (float64 math on the float32 inputs).
+(each edge's pairwise Sim(3), and the tree steps) and every focal estimate is known up front and computed at
+once (`f3d_jax.align.registration`): batched jitted float32 blocked reductions on GPU / TPU, finished in float64
+on the host; on CPU a host float64 BLAS loop over the same list (as fast there). The host then only composes
+3x3 similarities along the tree (Umeyama is equivariant: registering onto sim(Q) is sim after registering onto
+Q), runs OpenCV RANSAC-PnP for the leaves and reads depths. The known-poses initialisation stays host-side
+numpy (float64 math on the float32 inputs).
 
 Its output, `Initialisation`, holds the decoded starting state (an `AlignState`, what the optimiser starts
 from), the raw parameters of the official optimiser (so that the jitted optimisation can be checked to start
@@ -27,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from f3d_jax.align.registration import focals_many, register_many
+from f3d_jax.align.registration import focals_many, register_many, register_sim3  # noqa: F401  (re-export)
 from f3d_jax.align.types import AlignState
 from f3d_jax.geometry.focal import focal_base
 from f3d_jax.geometry.pnp import pnp_ransac
@@ -241,39 +242,6 @@ def _log_depth(depth: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(ld), ld, np.where(ld == np.inf, np.finfo(np.float32).max, 0.0))
 
 
-def register_sim3(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Sim(3) (s, R, t) minimising sum_k w_k ||s R src_k + t - dst_k||^2: `procrustes.umeyama` in
-    float64, with the K-long sums done as BLAS matrix products on the raw points (one (3, K) x (K, 3) product for
-    the cross-covariance instead of an einsum over centred copies): ~3-5x faster at K = 512 x 384 and equal to
-    `umeyama` to ~1e-13 relative.
-
-    Args:
-        src, dst: (K, 3) points (any float dtype; math in float64). w: (K,) non-negative weights.
-    Returns:
-        s (float), R (3, 3), t (3,) float64.
-    """
-    x = np.asarray(src)
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    y = np.asarray(dst, np.float64)
-    w = np.asarray(w, np.float64)
-    w = w / w.sum()
-    wx = x * w[:, None]  # float64 (exact promotion of float32 points: no separate float64 copy of x)
-    xmean = wx.sum(axis=0)
-    ymean = w @ y
-    # centred moments from raw ones (no centred (K, 3) copies): float64 keeps the cancellation far below float32
-    # rounding for scene-scale points
-    M = y.T @ wx - np.outer(ymean, xmean)  # sum_k w_k (y_k - ym)(x_k - xm)^T: cross-covariance, target x source
-    var_x = float(np.sum(wx * x) - xmean @ xmean)
-    U, S, Vt = np.linalg.svd(M)
-    d = np.sign(np.linalg.det(U @ Vt))
-    D = np.array([1.0, 1.0, 1.0 if d == 0 else d])
-    R = (U * D[None, :]) @ Vt
-    s = float(np.sum(S * D) / var_x)
-    t = ymean - s * (R @ xmean)
-    return s, R, t
-
-
 # ----------------------------------------------------------------------------------------------------
 # MST initialisation
 
@@ -282,7 +250,8 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
                    niter_pnp: int = 10, preset_focals=None, preset_focal_mask=None, preset_poses=None,
                    preset_pose_mask=None, preset_principal_points=None, preset_pp_mask=None,
                    norm_pw_scale: bool | None = None, base_scale: float = 0.5,
-                   focal_clip: tuple[float | None, float | None] = (0.5, 3.5)) -> Initialisation:
+                   focal_clip: tuple[float | None, float | None] = (0.5, 3.5),
+                   backend: str | None = None) -> Initialisation:
     """Minimum-spanning-tree initialisation of the dense GA (official `init='mst'`).
 
     Steps (spec §2.4): edge scores mean(conf1) * mean(conf2); scipy MST of -score over the directed
@@ -315,6 +284,9 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
         norm_pw_scale: pairwise-scale normalisation; default: on unless >= 2 poses are preset.
         base_scale: geometric mean of the normalised pairwise scales (official 0.5).
         focal_clip: focal clip range in units of `focal_base` (official `estimate_focal`: (0.5, 3.5)).
+        backend: where the per-edge registrations and focal estimates run (`registration.on_device`): None
+            (default) follows JAX's default backend: batched jitted float32 calls on GPU / TPU, the host float64
+            loop on CPU; 'cpu' or e.g. 'gpu' forces one path.
 
     Returns:
         `Initialisation` (numpy).
@@ -344,12 +316,13 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
     src = [(0, e) for e in range(E)] + [(1, e) for e, side in walk.steps if side == 2]
     dst = [walk.source[int(edges[e, 0])] for e in range(E)] + \
           [walk.source[int(edges[e, 1])] for e, side in walk.steps if side == 2]
-    reg_s, reg_R, reg_t = register_many(points, confs, src, dst, src)
+    reg_s, reg_R, reg_t = register_many(points, confs, src, dst, src, backend)
     focal_rows = sorted({e for e in walk.focal_edge if e is not None})
     fb = focal_base(H, W)
     lo = -np.inf if focal_clip[0] is None else focal_clip[0] * fb
     hi = np.inf if focal_clip[1] is None else focal_clip[1] * fb
-    est = dict(zip(focal_rows, np.clip(focals_many(P1, focal_rows, (W / 2, H / 2)), lo, hi).tolist()))
+    est = np.clip(focals_many(P1, focal_rows, (W / 2, H / 2), backend=backend), lo, hi)
+    est = dict(zip(focal_rows, est.tolist()))
     focals: list[float | None] = [None if e is None else est[e] for e in walk.focal_edge]
 
     # the tree walk on the host, on Sim(3)s only: image k's world points are sims[k] applied to its source

@@ -5,7 +5,7 @@
 #
 # Once, here (CPU side), from the checkout root:   bash ../shared/tools/gpu/prepare.sh . /work/ref
 #   (lays out .gpu/: the runner, the official python code, wheels; git-ignored, a few MB)
-# Then the device call (about 8 minutes of a 10-minute command, 15 minutes of device time in all):
+# Then the device call (at most ~8.5 minutes of a 10-minute command; 15 minutes of device time in all):
 #   run(command="bash experiments/run_gpu.sh", carry=[".gpu"], timeout_s=600)
 # Results: $OUT/results.jsonl (one JSON line per measurement), $OUT/log.txt, $OUT/init.txt.
 # Options: RUNNER_BUDGET (seconds, default 300: later sections are skipped past it), SECTIONS (default
@@ -35,8 +35,8 @@ else
   runner_args=(--sections "${SECTIONS:-pair512,ga,mast3r,ga_scale}" --budget "${RUNNER_BUDGET:-300}")
   init_cfg=${INIT_CONFIG:-16,complete,512,384}; dev=gpu
 fi
-timeout 420 $PY experiments/gpu_compat.py "$gpu/gpu_bench.py" "${runner_args[@]}" 2>&1 \
+timeout 380 $PY experiments/gpu_compat.py "$gpu/gpu_bench.py" "${runner_args[@]}" 2>&1 \
   | grep -v -E "FutureWarning|autocast\(enabled|UserWarning: The given NumPy|sd = \{k: torch|it/s, lr=" | tee "$OUT/log.txt"
 echo "== MST initialisation, ours vs official, device $dev, config $init_cfg"
-F3D_REFERENCE_ROOT=$PWD/$gpu/ref timeout 150 $PY experiments/bench_dense_ga.py --init-only --device "$dev" \
+F3D_REFERENCE_ROOT=$PWD/$gpu/ref timeout 120 $PY experiments/bench_dense_ga.py --init-only --device "$dev" \
   --threads 16 --config "$init_cfg" 2>&1 | tee "$OUT/init.txt"

@@ -10,6 +10,10 @@ sequentially): float32 results stay within ~1e-6 relative of the float64 host re
 Inputs are cut into batches of `batch_rows(K)` rows (whole pointmaps) of one padded static shape, so a
 graph of any size compiles each function once and the device holds only a few hundred MB of pointmaps at a
 time; the host gathers the next batch while the device reduces the current one (asynchronous dispatch).
+
+That is the GPU / TPU path. On CPU (`on_device`) the same task lists run as a host float64 loop
+(`register_sim3`, `geometry.focal.estimate_focal_weiszfeld`): there it is faster than gathering the pointmaps
+into batches, and it keeps float64 numbers. `backend=` forces either path (tests run both).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from f3d_jax.geometry.cameras import pixel_grid
+from f3d_jax.geometry.focal import estimate_focal_weiszfeld
 
 BLOCK = 256
 BATCH_BYTES = 256 << 20  # host -> device bytes per batch of the gathered pointmaps
@@ -200,8 +205,6 @@ def focals_many(points: np.ndarray, rows: Sequence[int], pp, n_iter: int = 10,
     rows = np.asarray(rows, np.int64)
     H, W = points.shape[1:3]
     if not on_device(backend):
-        from f3d_jax.geometry.focal import estimate_focal_weiszfeld  # noqa: PLC0415
-
         return np.array([float(estimate_focal_weiszfeld(points[e].astype(np.float64), np.asarray(pp, np.float64),
                                                         n_iter, None, None)) for e in rows], np.float64)
     ppj = jnp.asarray(np.asarray(pp, np.float32))

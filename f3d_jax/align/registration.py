@@ -5,7 +5,8 @@ Only the pixel-long reductions run on the device, in float32; what they produce 
 (B,) focals) and is finished on the host in float64 (3x3 SVDs). Every K-long sum is a blocked (hierarchical)
 sum, `blocked_sum`: sums of `BLOCK` values, then sums of those, ... so that its rounding error grows with
 log(K) rather than K, whatever the backend's reduction order (XLA:CPU accumulates long rows almost
-sequentially): float32 results stay within ~1e-6 relative of the float64 host reference at 512x384.
+sequentially): float32 results stay within ~1e-6 relative of the float64 host reference (tested at 70 000
+points per row).
 
 Inputs are cut into batches of `batch_rows(K)` rows (whole pointmaps) of one padded static shape, so a
 graph of any size compiles each function once and the device holds only a few hundred MB of pointmaps at a

@@ -25,6 +25,7 @@ On a GPU/TPU the default configurations add N=16 at 512x384 (the issue-12 figure
 Command (all of it, ~10-20 min on 2 CPU cores):   python experiments/bench_dense_ga.py
 Quick smoke run:                                   python experiments/bench_dense_ga.py --quick
 On a GPU, official side included:                  F3D_REFERENCE_ROOT=... python experiments/bench_dense_ga.py --device gpu --quick
+MST initialisation only, ours vs official:        python experiments/bench_dense_ga.py --init-only [--config 16,complete,256,192]
 Options: --niter K (loop length timed, default 50), --threads T (CPU cores given to each worker, default 1,
 the official baseline's setting), --config N,GRAPH,W,H (repeatable: replaces the default list),
 --chunk-pixels C (override the backend's loss blocking), --storage float32|bfloat16,
@@ -145,13 +146,15 @@ def write_inputs(path: str, n: int, graph: str, H: int, W: int, seed: int) -> No
 
 
 def worker_jax(inputs: str, niter: int, threads: int, chunk_pixels: int | None = None,
-               storage: str = "float32") -> dict:
+               storage: str = "float32", init_only: bool = False) -> dict:
     pin_threads(threads)
     sys.path.insert(0, str(REPO))
     import numpy as np
 
     data = dict(np.load(inputs))
     import jax
+    if init_only:
+        return init_times_jax(data)
 
     from f3d_jax.align import core, problem as problem_lib
     from f3d_jax.align.config import DenseConfig
@@ -213,7 +216,29 @@ def worker_jax(inputs: str, niter: int, threads: int, chunk_pixels: int | None =
                 storage=storage)
 
 
-def worker_official(inputs: str, niter: int, threads: int, device: str = "cpu") -> dict:
+def init_times_jax(data: dict) -> dict:
+    """MST initialisation only: the first call (jit compilation of the batched reductions included) and the
+    best of two more."""
+    import jax
+
+    from f3d_jax.align.initialise import initialise_mst
+
+    args = (data["edges"], data["pred1_pts3d"], data["pred1_conf"], data["pred2_pts3d"], data["pred2_conf"], 3.0)
+    t0 = time.perf_counter()
+    initialise_mst(*args)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        initialise_mst(*args)
+        times.append(time.perf_counter() - t0)
+    E, H, W = data["pred1_conf"].shape
+    dev = jax.devices()[0]
+    return dict(impl="f3d-jax", n=int(data["edges"].max()) + 1, E=int(E), H=int(H), W=int(W), init_first_s=first,
+                init_s=min(times), device_kind=str(getattr(dev, "device_kind", dev.platform)))
+
+
+def worker_official(inputs: str, niter: int, threads: int, device: str = "cpu", init_only: bool = False) -> dict:
     """The official PointCloudOptimizer on the same inputs (runs in the reference venv: numpy + torch only), on
     `device` ('cpu' or 'gpu' = torch 'cuda')."""
     pin_threads(threads)
@@ -248,6 +273,8 @@ def worker_official(inputs: str, niter: int, threads: int, device: str = "cpu") 
     init_fun.init_minimum_spanning_tree(scene, niter_PnP=10)
     sync()
     t_init = time.perf_counter() - t0
+    if init_only:
+        return dict(impl="official", n=int(edges.max()) + 1, E=int(E), H=int(H), W=int(W), init_s=t_init)
     t0 = time.perf_counter()
     loss = global_alignment_loop(scene, lr=0.01, niter=niter, schedule="cosine")
     sync()
@@ -320,6 +347,26 @@ def memory_analysis(n: int, H: int, W: int, niter: int, storage: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def bench_init(args, ref_python: str | None) -> None:
+    """`--init-only`: MST initialisation time, ours (first call with compilation, then best of 2) and the
+    official `init_minimum_spanning_tree` on the same inputs and device, each in a fresh process."""
+    configs = [tuple(int(v) if k != 1 else v for k, v in enumerate(c.split(","))) for c in args.config] or \
+        [(16, "complete", 160, 112)]
+    print(f"{'N':>3} {'graph':>8} {'WxH':>8} {'E':>4} {'ours first s':>12} {'ours s':>7} {'official s':>10} {'ratio':>6}")
+    for n, graph, W, H in configs:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "inputs.npz")
+            write_inputs(path, n, graph, H, W, seed=n)
+            res = run_worker("jax", path, 1, args.threads, sys.executable, args.device, ["--init-only"])
+            ref = (run_worker("official", path, 1, args.threads, ref_python, args.device, ["--init-only"])
+                   if ref_python else None)
+        if res is None:
+            continue
+        off = ref["init_s"] if ref else float("nan")
+        print(f"{n:>3} {graph:>8} {f'{W}x{H}':>8} {res['E']:>4} {res['init_first_s']:>12.2f} {res['init_s']:>7.2f} "
+              f"{off:>10.2f} {off / res['init_s']:>6.2f}   ({res['device_kind']})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="N=4,8 at 160x112 complete only, short loop")
@@ -331,16 +378,21 @@ def main() -> None:
                     help="a configuration (repeatable), e.g. 16,complete,512,384; replaces the default list")
     ap.add_argument("--chunk-pixels", type=int, default=None, help="loss blocking (default: the backend's)")
     ap.add_argument("--storage", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--init-only", action="store_true",
+                    help="time the MST initialisation only, ours against the official (default config N=16 "
+                         "complete at 160x112)")
     ap.add_argument("--only-memory-analysis", action="store_true")
     ap.add_argument("--no-memory-analysis", action="store_true")
     ap.add_argument("--worker-jax", metavar="NPZ")
     ap.add_argument("--worker-official", metavar="NPZ")
     args = ap.parse_args()
     if args.worker_jax:
-        print(json.dumps(worker_jax(args.worker_jax, args.niter, args.threads, args.chunk_pixels, args.storage)))
+        print(json.dumps(worker_jax(args.worker_jax, args.niter, args.threads, args.chunk_pixels, args.storage,
+                                    args.init_only)))
         return
     if args.worker_official:
-        print(json.dumps(worker_official(args.worker_official, args.niter, args.threads, args.device)))
+        print(json.dumps(worker_official(args.worker_official, args.niter, args.threads, args.device,
+                                         args.init_only)))
         return
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}, python {platform.python_version()}")
@@ -364,6 +416,9 @@ def main() -> None:
               f"~{ISSUE_BASELINE_US} µs/edge-pixel-iteration on one CPU thread, "
               f"{ISSUE_BASELINE_BYTES[0]}-{ISSUE_BASELINE_BYTES[1]} B/edge-pixel peak memory")
 
+    if args.init_only:
+        bench_init(args, ref_python)
+        return
     if not args.only_memory_analysis:
         if args.quick:
             configs = [(4, "complete", 160, 112), (8, "complete", 160, 112)]

@@ -1,10 +1,18 @@
 """Initialisation of the dense global alignment from pairwise pointmaps; equivalent of
 dust3r/cloud_opt/init_im_poses.py (`init_minimum_spanning_tree` + `init_from_pts3d`, `init_from_known_poses`).
 
-Host-side numpy (float64 math on the float32 inputs): it runs once, is branchy (a spanning-tree walk,
-OpenCV RANSAC) and is not differentiated. Its output, `Initialisation`, holds the decoded starting state (an
-`AlignState`, what the optimiser starts from), the raw parameters of the official optimiser (so that the
-jitted optimisation can be checked to start from exactly the official state) and diagnostics.
+It runs once and is not differentiated. The MST initialisation splits into a host part and a device part:
+the spanning-tree walk is decided from the edge scores alone (`_walk_tree`), so every per-edge registration
+(each edge's pairwise Sim(3), and the tree steps) and every focal estimate is known up front and computed at
+once (`f3d_jax.align.registration`): batched jitted float32 blocked reductions on GPU / TPU, finished in float64
+on the host; on CPU a host float64 BLAS loop over the same list (as fast there). The host then only composes
+3x3 similarities along the tree (Umeyama is equivariant: registering onto sim(Q) is sim after registering onto
+Q), runs OpenCV RANSAC-PnP for the leaves and reads depths. The known-poses initialisation stays host-side
+numpy (float64 math on the float32 inputs).
+
+Its output, `Initialisation`, holds the decoded starting state (an `AlignState`, what the optimiser starts
+from), the raw parameters of the official optimiser (so that the jitted optimisation can be checked to start
+from exactly the official state) and diagnostics.
 
 Conventions: poses are cam-to-world 4x4, OpenCV axes; pixel (u, v) integer, principal point (W/2, H/2);
 quaternions XYZW (roma); the pairwise transform of edge e = (i, j) maps the network's camera-i-frame
@@ -20,8 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
+from f3d_jax.align.registration import focals_many, register_many, register_sim3  # noqa: F401  (re-export)
 from f3d_jax.align.types import AlignState
-from f3d_jax.geometry.focal import estimate_focal_weiszfeld
+from f3d_jax.geometry.focal import focal_base
 from f3d_jax.geometry.pnp import pnp_ransac
 from f3d_jax.geometry.procrustes import align_multiple_poses
 from f3d_jax.geometry.transforms import (apply_transform, inverse_pose, make_pose, quat_xyzw_to_rotmat,
@@ -177,6 +186,16 @@ def _raw_pose(R, T, scale=None) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
+def _raw_poses(R, T, scale=None) -> np.ndarray:
+    """`_raw_pose` of (B, 3, 3) R, (B, 3) T[, (B,) scale] at once: (B, 7) or (B, 8) float32."""
+    R, T = np.asarray(R, np.float64), np.asarray(T, np.float64)
+    if scale is None:
+        return np.concatenate([rotmat_to_quat_xyzw(R), signed_log1p(T)], axis=1).astype(np.float32)
+    scale = np.asarray(scale, np.float64)
+    return np.concatenate([rotmat_to_quat_xyzw(R), signed_log1p(T / scale[:, None]), np.log(scale)[:, None]],
+                          axis=1).astype(np.float32)
+
+
 def decode_raw_poses(raw: np.ndarray) -> np.ndarray:
     """(..., 7+) raw official poses -> (..., 4, 4) rigid matrices [R(q/|q|) | signed_expm1(tau)] (float32)."""
     raw = np.asarray(raw, np.float32)
@@ -223,39 +242,6 @@ def _log_depth(depth: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(ld), ld, np.where(ld == np.inf, np.finfo(np.float32).max, 0.0))
 
 
-def register_sim3(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Weighted Sim(3) (s, R, t) minimising sum_k w_k ||s R src_k + t - dst_k||^2: `procrustes.umeyama` in
-    float64, with the K-long sums done as BLAS matrix products on the raw points (one (3, K) x (K, 3) product for
-    the cross-covariance instead of an einsum over centred copies): ~3-5x faster at K = 512 x 384 and equal to
-    `umeyama` to ~1e-13 relative.
-
-    Args:
-        src, dst: (K, 3) points (any float dtype; math in float64). w: (K,) non-negative weights.
-    Returns:
-        s (float), R (3, 3), t (3,) float64.
-    """
-    x = np.asarray(src)
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    y = np.asarray(dst, np.float64)
-    w = np.asarray(w, np.float64)
-    w = w / w.sum()
-    wx = x * w[:, None]  # float64 (exact promotion of float32 points: no separate float64 copy of x)
-    xmean = wx.sum(axis=0)
-    ymean = w @ y
-    # centred moments from raw ones (no centred (K, 3) copies): float64 keeps the cancellation far below float32
-    # rounding for scene-scale points
-    M = y.T @ wx - np.outer(ymean, xmean)  # sum_k w_k (y_k - ym)(x_k - xm)^T: cross-covariance, target x source
-    var_x = float(np.sum(wx * x) - xmean @ xmean)
-    U, S, Vt = np.linalg.svd(M)
-    d = np.sign(np.linalg.det(U @ Vt))
-    D = np.array([1.0, 1.0, 1.0 if d == 0 else d])
-    R = (U * D[None, :]) @ Vt
-    s = float(np.sum(S * D) / var_x)
-    t = ymean - s * (R @ xmean)
-    return s, R, t
-
-
 # ----------------------------------------------------------------------------------------------------
 # MST initialisation
 
@@ -264,7 +250,8 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
                    niter_pnp: int = 10, preset_focals=None, preset_focal_mask=None, preset_poses=None,
                    preset_pose_mask=None, preset_principal_points=None, preset_pp_mask=None,
                    norm_pw_scale: bool | None = None, base_scale: float = 0.5,
-                   focal_clip: tuple[float | None, float | None] = (0.5, 3.5)) -> Initialisation:
+                   focal_clip: tuple[float | None, float | None] = (0.5, 3.5),
+                   backend: str | None = None) -> Initialisation:
     """Minimum-spanning-tree initialisation of the dense GA (official `init='mst'`).
 
     Steps (spec §2.4): edge scores mean(conf1) * mean(conf2); scipy MST of -score over the directed
@@ -297,6 +284,9 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
         norm_pw_scale: pairwise-scale normalisation; default: on unless >= 2 poses are preset.
         base_scale: geometric mean of the normalised pairwise scales (official 0.5).
         focal_clip: focal clip range in units of `focal_base` (official `estimate_focal`: (0.5, 3.5)).
+        backend: where the per-edge registrations and focal estimates run (`registration.on_device`): None
+            (default) follows JAX's default backend: batched jitted float32 calls on GPU / TPU, the host float64
+            loop on CPU; 'cpu' or e.g. 'gpu' forces one path.
 
     Returns:
         `Initialisation` (numpy).
@@ -317,52 +307,140 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
 
     im_conf = image_confidences(edges, C1, C2, n)
     scores = edge_scores(C1, C2)
+    walk = _walk_tree(edges, scores, n)
+    points, confs = (P1, P2), (C1, C2)
+
+    # every registration in one batched device pass: edge e's pred1 onto image i's source pointmap (the
+    # final pairwise transform of e, and the tree step of e when i was placed first), then the tree steps
+    # whose second image was placed first (pred2 onto image j's source pointmap)
+    src = [(0, e) for e in range(E)] + [(1, e) for e, side in walk.steps if side == 2]
+    dst = [walk.source[int(edges[e, 0])] for e in range(E)] + \
+          [walk.source[int(edges[e, 1])] for e, side in walk.steps if side == 2]
+    reg_s, reg_R, reg_t = register_many(points, confs, src, dst, src, backend)
+    focal_rows = sorted({e for e in walk.focal_edge if e is not None})
+    fb = focal_base(H, W)
+    lo = -np.inf if focal_clip[0] is None else focal_clip[0] * fb
+    hi = np.inf if focal_clip[1] is None else focal_clip[1] * fb
+    est = np.clip(focals_many(P1, focal_rows, (W / 2, H / 2), backend=backend), lo, hi)
+    est = dict(zip(focal_rows, est.tolist()))
+    focals: list[float | None] = [None if e is None else est[e] for e in walk.focal_edge]
+
+    # the tree walk on the host, on Sim(3)s only: image k's world points are sims[k] applied to its source
+    # pointmap (registration is equivariant: registering onto sims[i](Q_i) is sims[i] after registering onto Q_i)
+    sims: list[tuple[float, np.ndarray, np.ndarray] | None] = [None] * n
+    poses: list[np.ndarray | None] = [None] * n
+    ident = (1.0, np.eye(3), np.zeros(3))
+    i0, j0 = walk.order[0]
+    sims[i0] = sims[j0] = ident
+    poses[i0] = np.eye(4)
+    extra = E
+    for e, side in walk.steps:
+        i, j = int(edges[e, 0]), int(edges[e, 1])
+        if side == 1:
+            s, R, T = _compose(sims[i], (reg_s[e], reg_R[e], reg_t[e]))
+            sims[j] = (s, R, T)
+        else:
+            s, R, T = _compose(sims[j], (reg_s[extra], reg_R[extra], reg_t[extra]))
+            extra += 1
+            sims[i] = (s, R, T)
+        if poses[i] is None:
+            poses[i] = make_pose(R, T)  # scale dropped: the camera centre is T
+
+    def world_of(k):
+        s, R, T = sims[k]
+        a, e = walk.source[k]
+        return apply_transform(make_pose(s * R, T), points[a][e].astype(np.float64))
+
+    for i in range(n):
+        if poses[i] is None:
+            res = pnp_ransac(world_of(i).astype(np.float32), im_conf[i] > min_conf_thr, focals[i], n_iter=niter_pnp)
+            if res is not None:
+                focals[i], poses[i] = res
+        if poses[i] is None:
+            poses[i] = np.eye(4)
+    cam2world = np.stack(poses).astype(np.float64)
+    mst_focals = np.array([np.nan if f is None else f for f in focals], np.float64)
+
+    # presets: move the tree onto known poses (world points follow: sims composed with the move)
+    if n_known_poses >= 2:
+        s, R, T = align_multiple_poses(cam2world[p_mask], known_poses[p_mask])
+        cam2world = make_pose(s * R, T) @ cam2world
+        cam2world[:, :3, :3] /= s
+        sims = [_compose((s, R, T), sim) for sim in sims]
+    elif n_known_poses == 1:
+        k = int(np.flatnonzero(p_mask)[0])
+        trf = known_poses[k] @ inverse_pose(cam2world[k])
+        cam2world = trf @ cam2world
+        sims = [_compose((1.0, trf[:3, :3], trf[:3, 3]), sim) for sim in sims]
+
+    # every edge's pairwise transform: pred1 registered onto the world points of image i
+    pw = [_compose(sims[int(edges[e, 0])], (reg_s[e], reg_R[e], reg_t[e])) for e in range(E)]
+    raw_pw = _raw_poses(np.stack([p[1] for p in pw]), np.stack([p[2] for p in pw]), np.array([p[0] for p in pw]))
+    nf = 1.0
+    if norm_pw_scale:
+        nf = float(np.exp(np.log(base_scale) - raw_pw[:, 7].astype(np.float64).mean()))
+        cam2world[:, :3, 3] *= nf
+
+    # depth of image k: z of its world points in camera k's frame, one affine map of its source pointmap
+    depth = np.empty((n, H, W))
+    for k in range(n):
+        s, R, T = sims[k]
+        to_cam = inverse_pose(cam2world[k]) @ make_pose(nf * s * R, nf * T)
+        a, e = walk.source[k]
+        depth[k] = points[a][e].astype(np.float64) @ to_cam[2, :3] + to_cam[2, 3]
+    c2w_raw = np.where(p_mask[:, None, None], known_poses, cam2world)
+    raw_im = _raw_poses(c2w_raw[:, :3, :3], c2w_raw[:, :3, 3])
+    f_all = np.where(f_mask, known_f, mst_focals)
+    raw_f = (FOCAL_BREAK * np.log(f_all)).astype(np.float32)
+    return _finish(edges, n, H, W, P1, C1, raw_im, raw_f, _log_depth(depth), raw_pw, pps, im_conf, scores,
+                   walk.order, mst_focals, walk.root, norm_pw_scale, base_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TreeWalk:
+    """The MST walk of `initialise_mst`, decided from the edge scores alone (no geometry).
+
+    root: the camera placed at the identity; order: (K, 2) tree edges in processing order; steps: (edge,
+    side) per tree edge after the first, side 1 = image i was placed (register pred1 onto it, place j), 2 =
+    image j was placed (register pred2 onto it, place i); source[k] = (0 | 1, edge): image k's world points
+    are a Sim(3) of pred1 / pred2 of that edge; focal_edge[k]: the edge whose pred1 gives image k's focal.
+    """
+
+    root: int
+    order: list[tuple[int, int]]
+    steps: list[tuple[int, int]]
+    source: list[tuple[int, int]]
+    focal_edge: list[int]
+
+
+def _walk_tree(edges: np.ndarray, scores: np.ndarray, n: int) -> _TreeWalk:
+    """The official walk (spec §2.4): scipy MST of -score over the directed entries; the best tree edge
+    first; then the others best-first, each one whose images are not yet placed going back to the end of
+    the queue; an image's focal comes from the edge processed before it is first met as a first image
+    (the official stale-variable quirk), or else from its best edge as first image."""
     eidx = {(int(i), int(j)): e for e, (i, j) in enumerate(edges)}
-
-    def focal_of(e):
-        return float(estimate_focal_weiszfeld(P1[e].astype(np.float64), min_focal=focal_clip[0],
-                                              max_focal=focal_clip[1]))
-
-    def register(src, dst, w):
-        return register_sim3(src.reshape(-1, 3), dst.reshape(-1, 3), w.reshape(-1))
-
-    # spanning tree over -score (directed entries: the better direction of each pair competes)
     graph = sp.csr_array((-scores, (edges[:, 0], edges[:, 1])), shape=(n, n))
     msp = minimum_spanning_tree(graph).tocoo()
     todo = sorted(zip((-msp.data).tolist(), msp.row.tolist(), msp.col.tolist()))
-
-    pts3d: list[np.ndarray | None] = [None] * n
-    poses: list[np.ndarray | None] = [None] * n
-    focals: list[float | None] = [None] * n
-
+    source: list[tuple[int, int] | None] = [None] * n
+    focal_edge: list[int | None] = [None] * n
     _, i, j = todo.pop()
     e = eidx[(i, j)]
-    root = i
-    pts3d[i] = P1[e].astype(np.float64)
-    pts3d[j] = P2[e].astype(np.float64)
-    done = {i, j}
-    poses[i] = np.eye(4)
-    focals[i] = focal_of(e)
-    last_e = e
-    order = [(i, j)]
-    stall = 0
+    source[i], source[j] = (0, e), (1, e)
+    focal_edge[i] = last_e = e
+    root, order, steps, stall = i, [(i, j)], [], 0
     while todo:
         score, i, j = todo.pop()
-        if focals[i] is None:
-            # official quirk: estimated from the previously processed edge's first pointmap
-            focals[i] = focal_of(last_e)
-        if i in done or j in done:
+        if focal_edge[i] is None:
+            focal_edge[i] = last_e  # official quirk: the previously processed edge's first pointmap
+        if source[i] is not None or source[j] is not None:
             e = eidx[(i, j)]
-            if i in done:
-                s, R, T = register(P1[e], pts3d[i], C1[e])
-                pts3d[j] = apply_transform(make_pose(s * R, T), P2[e].astype(np.float64))
-                done.add(j)
+            if source[i] is not None:
+                steps.append((e, 1))
+                source[j] = (1, e)
             else:
-                s, R, T = register(P2[e], pts3d[j], C2[e])
-                pts3d[i] = apply_transform(make_pose(s * R, T), P1[e].astype(np.float64))
-                done.add(i)
-            if poses[i] is None:
-                poses[i] = make_pose(R, T)  # scale dropped: the camera centre is T
+                steps.append((e, 2))
+                source[i] = (0, e)
             order.append((i, j))
             last_e = e
             stall = 0
@@ -371,53 +449,18 @@ def initialise_mst(edges, pred1_pts3d, pred1_conf, pred2_pts3d, pred2_conf, min_
             stall += 1
             if stall > len(todo):  # cannot happen for a spanning tree; guard against an endless loop
                 raise RuntimeError("initialise_mst: spanning tree walk made no progress")
-
-    # focals of images never reached as a tree edge's first image: best edge where they come first
     for e in np.argsort(-scores):
         i = int(edges[e, 0])
-        if focals[i] is None:
-            focals[i] = focal_of(e)
-    for i in range(n):
-        if poses[i] is None:
-            res = pnp_ransac(pts3d[i].astype(np.float32), im_conf[i] > min_conf_thr, focals[i], n_iter=niter_pnp)
-            if res is not None:
-                focals[i], poses[i] = res
-        if poses[i] is None:
-            poses[i] = np.eye(4)
-    cam2world = np.stack(poses).astype(np.float64)
-    mst_focals = np.array([np.nan if f is None else f for f in focals], np.float64)
-    world = np.stack(pts3d)
+        if focal_edge[i] is None:
+            focal_edge[i] = int(e)
+    return _TreeWalk(root, order, steps, source, focal_edge)
 
-    # presets: move the tree onto known poses
-    if n_known_poses >= 2:
-        s, R, T = align_multiple_poses(cam2world[p_mask], known_poses[p_mask])
-        trf = make_pose(s * R, T)
-        cam2world = trf @ cam2world
-        cam2world[:, :3, :3] /= s
-        world = apply_transform(trf, world.reshape(-1, 3)).reshape(world.shape)
-    elif n_known_poses == 1:
-        k = int(np.flatnonzero(p_mask)[0])
-        trf = known_poses[k] @ inverse_pose(cam2world[k])
-        cam2world = trf @ cam2world
-        world = apply_transform(trf, world.reshape(-1, 3)).reshape(world.shape)
 
-    # every edge's pairwise transform: P1_e registered onto the world points of image i
-    raw_pw = np.zeros((E, 8), np.float32)
-    for e, (i, j) in enumerate(edges):
-        s, R, T = register(P1[e], world[i], C1[e])
-        raw_pw[e] = _raw_pose(R, T, scale=s)
-    if norm_pw_scale:
-        nf = float(np.exp(np.log(base_scale) - raw_pw[:, 7].astype(np.float64).mean()))
-        cam2world[:, :3, 3] *= nf
-        world = world * nf
-
-    depth = np.stack([apply_transform(inverse_pose(cam2world[k]), world[k])[..., 2] for k in range(n)])
-    raw_im = np.stack([_raw_pose(known_poses[k][:3, :3], known_poses[k][:3, 3]) if p_mask[k]
-                       else _raw_pose(cam2world[k][:3, :3], cam2world[k][:3, 3]) for k in range(n)])
-    f_all = np.where(f_mask, known_f, mst_focals)
-    raw_f = (FOCAL_BREAK * np.log(f_all)).astype(np.float32)
-    return _finish(edges, n, H, W, P1, C1, raw_im, raw_f, _log_depth(depth), raw_pw, pps, im_conf, scores,
-                   order, mst_focals, root, norm_pw_scale, base_scale)
+def _compose(a, b):
+    """Sim(3) composition a o b of (s, R, t) triples: x -> s_a R_a (s_b R_b x + t_b) + t_a."""
+    sa, Ra, ta = a
+    sb, Rb, tb = b
+    return float(sa * sb), Ra @ Rb, sa * (Ra @ tb) + ta
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -25,14 +25,17 @@ def _load(case):
     return inp, off, m
 
 
-@pytest.fixture(scope="module", params=CASES)
+@pytest.fixture(scope="module", params=[(c, b) for c in CASES for b in ("cpu", "gpu")], ids=lambda p: "-".join(p))
 def fixture_init(request):
-    inp, off, m = _load(request.param)
+    """Each case through both paths of the per-edge work: the CPU host float64 loop and the batched float32
+    device calls that GPU / TPU take (`registration.on_device`; run here on the CPU devices)."""
+    case, backend = request.param
+    inp, off, m = _load(case)
     f = lambda k: inp[k].astype(np.float32)  # noqa: E731  exactly what the official optimiser saw
     pf = inp["preset_focals"]
     st = initialise_mst(inp["edges"], f("pred1_pts3d"), f("pred1_conf"), f("pred2_pts3d"), f("pred2_conf"),
                         float(m["optimizer"]["min_conf_thr"]), niter_pnp=m["optimizer"]["niter_PnP"],
-                        preset_focals=pf if pf.size else None)
+                        preset_focals=pf if pf.size else None, backend=backend)
     return st, off, m
 
 
@@ -133,3 +136,39 @@ def test_bad_inputs_raise_clear_errors(synth):
         initialise_mst(edges[:1] + np.array([[0, 5]]), *(x[:1] for x in a))
     with pytest.raises(ValueError, match="edges"):
         initialise_mst(np.zeros((0, 2), int), *(x[:0] for x in a))
+
+
+def test_batched_device_registration_and_focals_equal_host_float64(monkeypatch):
+    """The MST init's batched device reductions (float32, blocked sums; the GPU/TPU path, run here on CPU devices)
+    against the float64 host functions:
+    rows of K = 70 000 points (three levels of blocks, a padded tail), batches of 2 rows (the last one
+    padded), a reflection-free fit of a noisy similarity."""
+    from f3d_jax.align import registration
+    from f3d_jax.align.initialise import register_sim3
+    from f3d_jax.geometry.focal import estimate_focal_weiszfeld
+
+    monkeypatch.setattr(registration, "BATCH_BYTES", 2 * 7 * 4 * 70_000)
+    rng = np.random.default_rng(0)
+    E, H, W = 3, 250, 280
+    pts = (rng.normal(size=(2, E, H, W, 3)) * [1.0, 0.7, 0.5] + [0.3, -0.2, 4.0]).astype(np.float32)
+    conf = rng.uniform(1, 5, (2, E, H, W)).astype(np.float32)
+    A = 1.7 * np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    A *= np.sign(np.linalg.det(A))
+    pts[1, 2] = (pts[0, 1] @ A.T + [1.0, 2.0, -0.5] + 0.05 * rng.normal(size=(H, W, 3))).astype(np.float32)
+    src, dst, wts = [(0, 1), (1, 0), (0, 2)], [(1, 2), (0, 0), (1, 1)], [(0, 1), (1, 0), (1, 2)]
+    s, R, t = registration.register_many(tuple(pts), tuple(conf), src, dst, wts, backend="gpu")  # device path
+    for b in range(3):
+        s0, R0, t0 = register_sim3(pts[src[b]].reshape(-1, 3), pts[dst[b]].reshape(-1, 3), conf[wts[b]].reshape(-1))
+        assert abs(s[b] - s0) < 1e-6 * s0 and np.abs(R[b] - R0).max() < 1e-6 and np.abs(t[b] - t0).max() < 1e-5
+    np.testing.assert_allclose(s[0], np.linalg.det(A) ** (1 / 3), rtol=1e-3)  # the planted similarity
+    # camera-frame pointmaps of focal 300 with 3% noise on the rays
+    from f3d_jax.geometry.cameras import pixel_grid
+
+    z = rng.uniform(1, 5, (E, H, W, 1))
+    rays = (pixel_grid(H, W, np.float64) - [W / 2, H / 2]) / 300.0 * (1 + 0.03 * rng.normal(size=(E, H, W, 2)))
+    cam = np.concatenate([rays * z, z], axis=-1).astype(np.float32)
+    f = registration.focals_many(cam, [2, 0, 1], (W / 2, H / 2), backend="gpu")
+    f0 = estimate_focal_weiszfeld(cam[[2, 0, 1]].astype(np.float64), min_focal=None, max_focal=None)
+    np.testing.assert_allclose(f, f0, rtol=3e-7)
+    np.testing.assert_allclose(f, 300.0, rtol=0.02)
+

@@ -1,4 +1,4 @@
-"""Fuzzing the checkpoint readers: thousands of mutated files, each loads or raises CheckpointError.
+"""Fuzzing the checkpoint readers: hundreds of mutated files, each loads or raises CheckpointError.
 
 The loop runs in subprocesses (`fuzz_readers.py`) with a capped address space and per-case alarms,
 so a segfault, a hang or a runaway allocation fails this test instead of killing pytest. Two seeds
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CASES_PER_SEED = 1200
+# 400 cases per seed draw every mutation family of both formats (asserted below)
+CASES_PER_SEED = 400
 
 
 def test_fuzz_pth_and_safetensors(tmp_path, pth_file, hf_folder):
@@ -44,4 +45,4 @@ def test_fuzz_pth_and_safetensors(tmp_path, pth_file, hf_folder):
                                                         "recompressed", "bomb", "duplicate", "header-length",
                                                         "header-json"}
         assert s["slowest_case_s"] < 10 and s["maxrss_mb"] < 1536
-    assert total >= 2000
+    assert total == 2 * CASES_PER_SEED

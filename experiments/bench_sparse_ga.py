@@ -11,7 +11,7 @@ Printed per case: time of the network pass + matching, of each stage, total (our
 compilation and a second, warm call), the official total and the ratio, peak RSS, and accuracy vs ground truth.
 
     python experiments/bench_sparse_ga.py                       # N = 4 and 16
-    F3D_REFERENCE_ROOT=/work/ref python experiments/bench_sparse_ga.py --n 4 16 --niter 300
+    F3D_REFERENCE_ROOT=ref python experiments/bench_sparse_ga.py --n 4 16 --niter 300
 """
 
 from __future__ import annotations

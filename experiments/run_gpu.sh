@@ -3,7 +3,7 @@
 # GPU, same process: pair inference, dense GA, GA at scale, MASt3R) through experiments/gpu_compat.py, then
 # the MST initialisation ours vs official on the same GPU (experiments/bench_dense_ga.py --init-only).
 #
-# Once, here (CPU side), from the checkout root:   bash ../shared/tools/gpu/prepare.sh . /work/ref
+# Once, here (CPU side), from the checkout root:   bash ../shared/tools/gpu/prepare.sh . "$F3D_REFERENCE_ROOT"
 #   (lays out .gpu/: the runner, the official python code, wheels; git-ignored, a few MB)
 # Then the device call (at most ~8.5 minutes of a 10-minute command; 15 minutes of device time in all):
 #   run(command="bash experiments/run_gpu.sh", carry=[".gpu"], timeout_s=600)

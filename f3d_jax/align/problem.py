@@ -16,6 +16,7 @@ import numpy as np
 
 from f3d_jax.align.types import AlignState, DenseProblem
 from f3d_jax.geometry import transforms
+from f3d_jax.geometry.graph import connected_components
 
 
 def _as_np(x: Any, name: str) -> np.ndarray:
@@ -95,21 +96,9 @@ def check_graph(edges: np.ndarray) -> int:
         raise ValueError(f"global_align: image indices must cover 0..{n - 1}; missing {missing}")
     if n < 2:
         raise ValueError("global_align: at least 2 images are needed")
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in edges.tolist():
-        parent[find(a)] = find(b)
-    comps: dict[int, list[int]] = {}
-    for a in range(n):
-        comps.setdefault(find(a), []).append(a)
+    comps = connected_components(n, edges.tolist())
     if len(comps) > 1:
-        groups = sorted(comps.values(), key=len, reverse=True)
+        groups = sorted(comps, key=len, reverse=True)
         raise ValueError(
             f"global_align: the pair graph is disconnected ({len(groups)} components: {groups}); "
             "add pairs linking them or align each component separately"

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from f3d_jax.geometry.graph import connected_components
 from f3d_jax.matching import extract_correspondences
 from f3d_jax.sparse.canonical import CanonAccumulator, anchor_grid_shape, anchor_offsets, base_focal
 
@@ -153,21 +154,7 @@ def collect_pairs(
 
 def components(n: int, pair_data: Sequence[PairData]) -> list[list[int]]:
     """Connected components of the images linked by pairs with at least one match (sorted)."""
-    parent = list(range(n))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for p in pair_data:
-        if len(p.conf):
-            parent[find(p.i)] = find(p.j)
-    groups: dict[int, list[int]] = {}
-    for a in range(n):
-        groups.setdefault(find(a), []).append(a)
-    return sorted(groups.values())
+    return connected_components(n, ((p.i, p.j) for p in pair_data if len(p.conf)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Training: losses, data pipelines, the train loop (issue 15)."""

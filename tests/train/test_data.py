@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import logging
 
+import grain
 import numpy as np
 import pytest
+from etils import epath
 
 from f3d_jax.eval.synthetic import make_scene, world_points
 from f3d_jax.train.data import (TRAIN_RESOLUTIONS_512, DataConfig, PairsSource, SyntheticPairs, batch_resolution,
-                                bbox_from_intrinsics_in_out, camera_matrix_of_crop, crop_resize_if_necessary,
+                                bbox_from_intrinsics_in_out, camera_matrix_of_crop, color_jitter,
+                                crop_resize_if_necessary,
                                 depthmap_to_absolute_camera_coordinates, export_synthetic_pairs, img_norm,
                                 imagenet_norm, iterate, make_batch_symmetric, make_pair_dataset,
                                 rescale_image_depthmap, write_pairs_dataset)
@@ -187,7 +190,7 @@ def test_portrait_views_are_transposed_to_landscape(tmp_path):
     np.testing.assert_array_equal(p.swapaxes(0, 1), x["pts3d"][0])
 
 
-def test_deterministic_and_exact_resume(tiny_root):
+def test_deterministic_and_exact_resume(tiny_root, tmp_path):
     src = PairsSource(tiny_root)
     cfg = DataConfig(batch_size=3, resolutions=RES, seed=11, aug_crop=4, num_epochs=2)
     ds = make_pair_dataset(src, cfg)
@@ -199,6 +202,11 @@ def test_deterministic_and_exact_resume(tiny_root):
     resumed = iterate(make_pair_dataset(PairsSource(tiny_root), cfg), state, num_threads=2)
     tail = _batches(resumed, 5)
     assert all(_same(a, b) for a, b in zip(straight, head + tail))
+    # grain's orbax handler (what an orbax CheckpointManager calls) saves and restores the same state
+    ckpt = epath.Path(tmp_path)
+    grain.checkpoint.CheckpointHandler().save(ckpt, item=it)
+    restored = grain.checkpoint.CheckpointHandler().restore(ckpt, item=iterate(make_pair_dataset(src, cfg)))
+    assert _same(next(restored), straight[3]) and restored.stats["batches"] == 4
     assert resumed.stats == {"batches": 8, "skipped_samples": 0}
     with pytest.raises(StopIteration):
         next(resumed)
@@ -258,7 +266,7 @@ def test_corrupt_samples_are_skipped_logged_and_counted(tmp_path, caplog):
 
 def test_croco_pairs_are_two_imagenet_normalised_random_crops(tiny_root):
     src = PairsSource(tiny_root)
-    cfg = DataConfig(batch_size=2, mode="croco", croco_crop=16, num_epochs=1, seed=4)
+    cfg = DataConfig(batch_size=2, mode="croco", croco_trfs="crop16", num_epochs=1, seed=4)
     b = next(iterate(make_pair_dataset(src, cfg)))
     assert set(b) == {"view1", "view2"} and set(b["view1"]) == {"img"}
     full = [imagenet_norm(src.load_pair(p, images_only=True)[v]["img"]) for p in range(len(src)) for v in (0, 1)]
@@ -268,3 +276,21 @@ def test_croco_pairs_are_two_imagenet_normalised_random_crops(tiny_root):
         for k in range(2):  # each crop is an exact window of one of the dataset's normalised images
             assert any(np.array_equal(f[i:i + 16, j:j + 16], x[k]) for f in full
                        for i in range(f.shape[0] - 15) for j in range(f.shape[1] - 15))
+    jittered = next(iterate(make_pair_dataset(src, DataConfig(batch_size=2, mode="croco", croco_trfs="crop16+acolor"))))
+    assert jittered["view2"]["img"].shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
+        DataConfig(batch_size=2, mode="croco", croco_trfs="crop16+flip")
+    with pytest.raises(ValueError, match="no 'cropN'"):
+        DataConfig(batch_size=2, mode="croco", croco_trfs="acolor")
+
+
+def test_color_jitter_changes_the_images_only(tiny_root):
+    img = SyntheticPairs(1, size=SIZE)[0][0]["img"]
+    same = color_jitter(img, np.random.default_rng(0), (1, 1), (1, 1), (1, 1), None)
+    np.testing.assert_array_equal(same, img)  # unit factors: identity (the PIL enhancers' blend with factor 1)
+    src = PairsSource(tiny_root)
+    plain, jit = (next(iterate(make_pair_dataset(src, DataConfig(batch_size=2, resolutions=RES, color_jitter=j))))
+                  for j in (False, True))
+    for v in ("view1", "view2"):
+        for k in plain[v]:  # the crop draws come first: same geometry, only the colours change
+            assert np.array_equal(plain[v][k], jit[v][k]) is (k != "img"), (v, k)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
-from f3d_jax.train.data.views import CorruptSample, imagenet_norm, make_view, random_crop
+from f3d_jax.train.data.views import CROCO_ACOLOR, CorruptSample, color_jitter, imagenet_norm, make_view, random_crop
 
 log = logging.getLogger("f3d_jax.train.data")
 
@@ -49,10 +49,14 @@ class DataConfig:
         resolutions: (W, H) buckets, W >= H (DUSt3R mode).
         seed: every random draw derives from it.
         aug_crop: the official `aug_crop` (the rescale target grows by rng.integers(0, aug_crop) pixels).
+        color_jitter: apply the official `ColorJitter` transform (torchvision ColorJitter(0.5, 0.5, 0.5, 0.1) on each
+            view's image, as the DUSt3R training commands' `transform=ColorJitter`; geometry unchanged).
         num_epochs: passes over the source; None repeats forever.
-        mode: 'dust3r' (full views) or 'croco' (CroCo pretraining: two images per pair, independent random
-            `croco_crop` squares, ImageNet-normalised as croco/datasets/transforms.py).
-        croco_crop: CroCo crop size (official 224).
+        mode: 'dust3r' (full views) or 'croco' (CroCo pretraining: two images per pair, ImageNet-normalised as
+            croco/datasets/transforms.py).
+        croco_trfs: the official CroCo pair-transform string (`--train_transform`, default 'crop224+acolor'): 'cropN'
+            (an independent random N x N crop of each image, required: it gives the batch its static shape) and
+            optionally 'acolor' (asymmetric colour jitter, brightness/contrast/saturation in [0.6, 1.4]).
         max_tries: consecutive corrupt samples tolerated for one slot before the batch fails.
         shard_index, shard_count: this host's shard (multi-host: jax.process_index(), jax.process_count()).
     """
@@ -61,9 +65,10 @@ class DataConfig:
     resolutions: tuple[tuple[int, int], ...] = TRAIN_RESOLUTIONS_512
     seed: int = 0
     aug_crop: int = 16
+    color_jitter: bool = False
     num_epochs: int | None = None
     mode: Literal["dust3r", "croco"] = "dust3r"
-    croco_crop: int = 224
+    croco_trfs: str = "crop224+acolor"
     max_tries: int = 16
     shard_index: int = 0
     shard_count: int = 1
@@ -77,14 +82,31 @@ class DataConfig:
         if not res or any(len(r) != 2 or r[0] < r[1] or r[1] < 1 for r in res):
             raise ValueError(f"resolutions must be (W, H) pairs with W >= H >= 1, got {self.resolutions!r}")
         object.__setattr__(self, "resolutions", res)
+        croco_transforms(self.croco_trfs)  # validates
         if not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} not in [0, shard_count={self.shard_count})")
 
 
+def croco_transforms(trfs: str) -> tuple[int, bool]:
+    """(crop size, acolor) of an official CroCo transform string such as 'crop224+acolor'."""
+    crop, acolor = None, False
+    for tok in trfs.split("+"):
+        if tok.startswith("crop") and tok[4:].isdigit() and int(tok[4:]) > 0:
+            crop = int(tok[4:])
+        elif tok == "acolor":
+            acolor = True
+        elif tok != "":
+            raise ValueError(f"croco_trfs {trfs!r}: unknown augmentation {tok!r} (known: cropN, acolor)")
+    if crop is None:
+        raise ValueError(f"croco_trfs {trfs!r} has no 'cropN': batches need one static image size")
+    return crop, acolor
+
+
 def batch_resolution(config: DataConfig, batch_index: int) -> tuple[int, int]:
-    """(W, H) of batch `batch_index` (the same on every host); CroCo mode: (croco_crop, croco_crop)."""
+    """(W, H) of batch `batch_index` (the same on every host); CroCo mode: the crop of `croco_trfs`."""
     if config.mode == "croco":
-        return config.croco_crop, config.croco_crop
+        crop = croco_transforms(config.croco_trfs)[0]
+        return crop, crop
     k = int(np.random.default_rng([config.seed, 1, batch_index]).integers(len(config.resolutions)))
     return config.resolutions[k]
 
@@ -99,14 +121,19 @@ class BatchMaker:
     def __init__(self, source: Any, config: DataConfig):
         self.source, self.config = source, config
 
-    def _pair(self, p: int, res: tuple[int, int], rng: np.random.Generator) -> tuple[dict, dict]:
+    def _pair(self, p: int, res: tuple[int, int], rng: np.random.Generator,
+              jitter_rng: np.random.Generator) -> tuple[dict, dict]:
         cfg = self.config
         if cfg.mode == "croco":
-            raws = self.source.load_pair(p, images_only=True)
-            return tuple({"img": imagenet_norm(random_crop(r["img"], cfg.croco_crop, rng, r.get("name", "?")))}
-                         for r in raws)
+            crop, acolor = croco_transforms(cfg.croco_trfs)
+            imgs = [random_crop(r["img"], crop, rng, r.get("name", "?"))
+                    for r in self.source.load_pair(p, images_only=True)]
+            if acolor:  # assymetric_prob=1.0: each image draws its own jitter
+                imgs = [color_jitter(im, jitter_rng, **CROCO_ACOLOR) for im in imgs]
+            return tuple({"img": imagenet_norm(im)} for im in imgs)
         raws = self.source.load_pair(p)
-        views = tuple(make_view(r, res, rng, cfg.aug_crop) for r in raws)  # one rng for both, as official
+        # one crop rng for both views, as the official _get_views; the jitter draws from its own stream
+        views = tuple(make_view(r, res, rng, cfg.aug_crop, jitter_rng if cfg.color_jitter else None) for r in raws)
         want = (res[1], res[0], 3)
         for r, v in zip(raws, views):
             if v["img"].shape != want:
@@ -121,7 +148,9 @@ class BatchMaker:
             substitutes = np.random.default_rng([cfg.seed, 3, batch_index, slot])
             for attempt in range(cfg.max_tries):
                 try:
-                    v1, v2 = self._pair(int(p), res, np.random.default_rng([cfg.seed, 2, batch_index, slot, attempt]))
+                    key = [batch_index, slot, attempt]  # streams: 1 bucket, 2 crop, 3 substitutes, 4 jitter
+                    v1, v2 = self._pair(int(p), res, np.random.default_rng([cfg.seed, 2, *key]),
+                                        np.random.default_rng([cfg.seed, 4, *key]))
                     break
                 except Exception as e:  # noqa: BLE001 -- a bad sample must never stop a run; it is logged and counted
                     skipped += 1

@@ -17,6 +17,8 @@ every view of a batch has the bucket's landscape shape.
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
+import PIL.ImageEnhance
 
 from f3d_jax.train.data.crop import crop_resize_if_necessary
 
@@ -98,16 +100,49 @@ def transpose_to_landscape(view: dict) -> dict:
     return out
 
 
-def make_view(raw: dict, resolution: tuple[int, int], rng: np.random.Generator, aug_crop: int = 0) -> dict:
+# torchvision ColorJitter ranges: DUSt3R's `ColorJitter` transform (dust3r/datasets/utils/transforms.py) and CroCo's
+# 'acolor' pair transform (croco/datasets/transforms.py, no hue)
+DUST3R_JITTER = dict(brightness=(0.5, 1.5), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.1, 0.1))
+CROCO_ACOLOR = dict(brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4), hue=None)
+
+
+def adjust_hue(img: PIL.Image.Image, hue_factor: float) -> PIL.Image.Image:
+    """torchvision's PIL `adjust_hue`: shift the HSV hue channel by hue_factor * 255 (uint8 wrap-around)."""
+    h, s, v = img.convert("HSV").split()
+    np_h = np.array(h, dtype=np.uint8)
+    np_h += np.int32(hue_factor * 255).astype(np.uint8)  # over/underflows on purpose, as torchvision
+    return PIL.Image.merge("HSV", (PIL.Image.fromarray(np_h, "L"), s, v)).convert(img.mode)
+
+
+def color_jitter(img, rng: np.random.Generator, brightness=(0.5, 1.5), contrast=(0.5, 1.5), saturation=(0.5, 1.5),
+                 hue=(-0.1, 0.1)) -> np.ndarray:
+    """torchvision `ColorJitter` on a PIL/uint8 image (its PIL code path: ImageEnhance Brightness, Contrast, Color
+    and the HSV hue shift), the four operations in a random order with factors uniform in the given ranges (None:
+    skipped). The draws come from `rng` (torch's generator cannot be reproduced); returns (H, W, 3) uint8."""
+    img = img if isinstance(img, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(img))
+    order = rng.permutation(4)
+    factors = [None if r is None else float(rng.uniform(r[0], r[1])) for r in (brightness, contrast, saturation, hue)]
+    ops = (PIL.ImageEnhance.Brightness, PIL.ImageEnhance.Contrast, PIL.ImageEnhance.Color)
+    for k in order:
+        if factors[k] is None:
+            continue
+        img = adjust_hue(img, factors[k]) if k == 3 else ops[k](img).enhance(factors[k])
+    return np.asarray(img)
+
+
+def make_view(raw: dict, resolution: tuple[int, int], rng: np.random.Generator, aug_crop: int = 0,
+              jitter_rng: np.random.Generator | None = None) -> dict:
     """Raw view -> official training view (crop/resize to `resolution` (W, H), ImgNorm, pts3d, landscape).
 
-    Draws from `rng` exactly what the official `_crop_resize_if_necessary` draws. Raises CorruptSample on bad input.
+    Draws from `rng` exactly what the official `_crop_resize_if_necessary` draws. With `jitter_rng`, applies the
+    official `ColorJitter` transform (image only) with factors from that generator (a separate stream, as the
+    official transform draws from torch's generator, not the dataset's). Raises CorruptSample on bad input.
     """
     check_raw_view(raw)
     image, depthmap, K = crop_resize_if_necessary(raw["img"], np.asarray(raw["depthmap"], np.float32),
                                                   np.asarray(raw["camera_intrinsics"], np.float32), resolution,
                                                   rng, aug_crop)
-    image = np.asarray(image)
+    image = np.asarray(image) if jitter_rng is None else color_jitter(image, jitter_rng, **DUST3R_JITTER)
     pose = np.asarray(raw["camera_pose"], np.float32)
     pts3d, valid = depthmap_to_absolute_camera_coordinates(depthmap, K, pose)
     view = {

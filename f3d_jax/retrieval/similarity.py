@@ -14,8 +14,9 @@ Two scores:
   tens to hundreds of images, unordered photo collections); the fallback is for when they are absent,
   for quick runs and for small, densely overlapping sets (a video's frames, a turntable).
 
-Both run the encoder batched under `jit` (`f3d_jax.retrieval.encode`), so the cost is one encoder pass per
-image plus an (N, N) product.
+Both run the model's jitted encoder (`f3d_jax.models.model.encode_images`) on padded batches of one static size
+(`f3d_jax.retrieval.encode`), then a small jitted reduction on the device, so the cost is one encoder pass per
+image, and the encoder compiled for a size and batch serves both scores.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from f3d_jax.models.model import Model
+from f3d_jax.models.model import Model, encode_images
 from f3d_jax.nn.precision import check_precision
 from f3d_jax.retrieval.encode import check_images, map_encoded
-from f3d_jax.retrieval.pooled import pooled_step
+from f3d_jax.retrieval.pooled import pool
 
 
 def pooled_descriptors(model: Model, imgs: Sequence[dict], *, batch_size: int = 8,
@@ -48,7 +49,8 @@ def pooled_descriptors(model: Model, imgs: Sequence[dict], *, batch_size: int = 
     precision = check_precision(precision)
 
     def step(img, ts):
-        return pooled_step(model.config, model.params, img, ts, precision)
+        feat, _ = encode_images(model.config, model.params, img, ts, None, precision)
+        return pool(feat)
 
     return np.stack(map_encoded(step, images, batch_size)).astype(np.float32)
 

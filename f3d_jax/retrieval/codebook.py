@@ -123,6 +123,12 @@ def _resolve_stubs(obj: Any, source: Path) -> Any:
     return fix(obj, 0)
 
 
+def codebook_size(size: str) -> int | None:
+    """asmk's size spelling: '65536', '64k' (x 1024) or '1M' (x 1024^2); None when it is none of these."""
+    m = _SIZE.fullmatch(size)
+    return int(m.group(1)) * {"": 1, "k": 1024, "M": 1024**2}[m.group(2)] if m else None
+
+
 def _centroids_of(obj: Any, source: Path) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         return obj
@@ -137,10 +143,7 @@ def _centroids_of(obj: Any, source: Path) -> np.ndarray:
                       f"{type(cent).__name__})")
     size = obj.get("params", {}).get("size") if isinstance(obj.get("params"), dict) else None
     if size is not None:
-        k = size
-        if isinstance(size, str):
-            m = _SIZE.fullmatch(size)
-            k = int(m.group(1)) * {"": 1, "k": 1024, "M": 1024**2}[m.group(2)] if m else None
+        k = codebook_size(size) if isinstance(size, str) else size
         if k != cent.shape[0]:
             _fail(source, f"the codebook's params say size {size!r} but it holds {cent.shape[0]} centroids")
     return cent
@@ -154,7 +157,7 @@ def read_codebook(path: str | os.PathLike) -> np.ndarray:
         `.npy` file.
 
     Returns:
-      (K, D) float32 centroids (C-contiguous, a fresh array).
+      (K, D) float32 centroids (C-contiguous; possibly a read-only view of the bytes read, never a copy more).
 
     Raises:
       CheckpointError (a ValueError): naming the file: missing, empty, not a pickle / .npy, a global outside the
@@ -183,7 +186,7 @@ def read_codebook(path: str | os.PathLike) -> np.ndarray:
         _fail(path, f"the codebook centroids must be a non-empty (K, D) array, got shape {cent.shape}")
     if not np.issubdtype(cent.dtype, np.floating):
         _fail(path, f"the codebook centroids must be floating point, got {cent.dtype}")
-    cent = np.ascontiguousarray(cent, dtype=np.float32)
+    cent = np.ascontiguousarray(cent, dtype=np.float32)  # read-only when it is a view of the pickle's bytes
     if not np.isfinite(cent).all():
         _fail(path, "the codebook centroids hold NaN or infinite values")
-    return cent.copy() if not cent.flags.writeable or not cent.flags.owndata else cent
+    return cent

@@ -277,6 +277,9 @@ def load_retrieval(checkpoint_path: str | os.PathLike, codebook_path: str | os.P
         raise CheckpointError(cpath, f"the codebook's centroids are {codebook.shape[1]}-dim, but the retrieval head "
                                      f"{src.name} gives {dim}-dim local features")
     ncl = args.get("nclusters")
+    if isinstance(ncl, str):  # asmk spells sizes '64k' / '1M' too
+        from f3d_jax.retrieval.codebook import codebook_size
+        ncl = codebook_size(ncl)
     if isinstance(ncl, int) and not isinstance(ncl, bool) and ncl != codebook.shape[0]:
         raise CheckpointError(cpath, f"the codebook holds {codebook.shape[0]} centroids, but {src.name} was built "
                                      f"with nclusters={ncl}")

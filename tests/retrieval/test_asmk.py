@@ -227,6 +227,8 @@ def test_bad_files(model, case, tmp_path):
              "chain.pth: projector layer 3 does not fit")
     _refused(lambda: load_retrieval(variant("hd", args={**ARGS, "hdims": "64_32"}), cb),
              "hd.pth: args.hdims='64_32' but the projector's widths are \\[48, 32\\]")
+    _refused(lambda: load_retrieval(variant("nk", args={**ARGS, "nclusters": "1k"}), cb),
+             "tiny_retrieval_codebook.pkl: the codebook holds 32 centroids, but nk.pth was built with nclusters=1024")
     _refused(lambda: load_retrieval(variant("fw", args={**ARGS, "featweights": "softmax"}), cb),
              "fw.pth: featweights='softmax' is not supported")
     _refused(lambda: load_retrieval(tmp_path / "none.pth", cb), "none.pth: no such file")

@@ -25,7 +25,9 @@ found by sorting on the host; the kernel runs in fixed-size chunks on the device
 
 Parity with the official code (which needs faiss and the Cython `asmk` build): same formulas and parameters, the
 same float32 arithmetic for the kernel and the normalisation (float64 accumulation over words, as the official
-`scores` array). Differences: the whitening runs in float32 at HIGHEST precision (official: float64); XLA's
+`scores` array). Measured against the real asmk 0.1.1 + faiss-cpu (`experiments/retrieval_parity.py`, clustered
+synthetic features, D = 128 / 1024, K = 1024 / 4096): max |difference| 2.5e-8, the same ranking in every row.
+Differences: the whitening runs in float32 at HIGHEST precision (official: float64); XLA's
 float32 dot products and sums round differently from faiss' sgemm and numpy's, so a centroid at a near-tie
 distance can be assigned differently and a residual component within rounding of 0 can flip its bit. Both change
 scores by one visual word's contribution at most; the ranking of clearly different images does not change.

@@ -10,6 +10,9 @@ Per image (official `extract_features_and_attention` + `how_select_local`):
   p = (p - m_post) @ P_post         postwhitening, optional
   local features: the `nfeat` rows of p with the largest a (nfeat < 0: that fraction of the N tokens)
 
+Against the official torch module (`experiments/retrieval_parity.py`: a genuine `torch.save` checkpoint with float64
+whitening): max |difference| 2e-6 on features of magnitude 4.5 (float32 whitening here).
+
 The checkpoint is a torch `.pth` `{'model': state dict (no backbone.* keys), 'args': Namespace(...)}`, read
 without torch (`f3d_jax.weights.torch_pickle.read_pth`); the codebook a separate file
 (`f3d_jax.retrieval.codebook.read_codebook`). Shapes and the head's structure are checked when loading, and the

@@ -76,7 +76,8 @@ asmk.index.FaissGpuL2Index = FaissCpuL2Index
 out = sys.argv[1]
 z = np.load(out + "/feats.npz")
 feats, cb = z["feats"], z["cb"]
-io_helpers.save_pickle(out + "/cb.pkl", {"type": "Codebook", "params": {"size": cb.shape[0]}, "state": {"centroids": cb}})
+state = {"type": "Codebook", "params": {"size": cb.shape[0]}, "state": {"centroids": cb}}
+io_helpers.save_pickle(out + "/cb.pkl", state)
 params = {"index": {"gpu_id": 0}, "train_codebook": {"codebook": {"size": cb.shape[0]}},
           "build_ivf": {"kernel": {"binary": True}, "ivf": {"use_idf": False}, "quantize": {"multiple_assignment": 1},
                         "aggregate": {}},

@@ -47,7 +47,8 @@ from f3d_jax.nn.precision import check_precision
 from f3d_jax.retrieval.encode import check_images, map_encoded
 from f3d_jax.retrieval.head import RetrievalModel, local_features
 
-KERNEL_CHUNK = 1 << 16  # (query word, database entry) pairs per kernel step: a static shape (2 x 8 MiB of bits at D=1024)
+# (query word, database entry) pairs per kernel step: a static shape (2 x 8 MiB of gathered bits at D = 1024)
+KERNEL_CHUNK = 1 << 16
 
 
 def quantize(x: jax.Array, codebook: jax.Array, cnorm: jax.Array, ma: int) -> jax.Array:

@@ -160,7 +160,8 @@ def _array(src: Path, sd: dict, key: str, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def _whitener(src: Path, sd: dict, name: str, dim: int | None) -> tuple[tuple[np.ndarray, np.ndarray] | None, int | None]:
+def _whitener(src: Path, sd: dict, name: str, dim: int | None) -> tuple[tuple | None, int | None]:
+    """((m (1, D), P (D, D)) float32 or None when absent, the width after it)."""
     keys = [k for k in (f"{name}.m", f"{name}.p") if k in sd]
     if not keys:
         return None, dim
@@ -291,7 +292,8 @@ def load_retrieval(checkpoint_path: str | os.PathLike, codebook_path: str | os.P
             raise ValueError(f"load_retrieval: {name} must be an int in [1, {codebook.shape[0]}], got {v!r}")
     pretrained = args.get("pretrained")
     return RetrievalModel(
-        prewhiten=prewhiten, projector=linears, projector_norms=norms, postwhiten=postwhiten, codebook=codebook, residual=residual,
+        prewhiten=prewhiten, projector=linears, projector_norms=norms, postwhiten=postwhiten, codebook=codebook,
+        residual=residual,
         nfeat=float(nfeat) if float(nfeat) < 0 else int(nfeat), alpha=float(alpha),
         similarity_threshold=float(similarity_threshold), query_assignments=query_assignments,
         database_assignments=database_assignments, source=str(src), codebook_source=str(cpath),

@@ -174,7 +174,8 @@ def test_codebook_formats(tmp_path):
         np.testing.assert_array_equal(read_codebook(tmp_path / f"b{proto}.pkl"), c)
     np.save(tmp_path / "c.npy", c)
     np.testing.assert_array_equal(read_codebook(tmp_path / "c.npy"), c)
-    assert read_codebook(write_codebook(tmp_path / "k.pkl", np.zeros((2048, 2), np.float32), size="2k")).shape == (2048, 2)
+    k2 = write_codebook(tmp_path / "k.pkl", np.zeros((2048, 2), np.float32), size="2k")
+    assert read_codebook(k2).shape == (2048, 2)
 
 
 def _refused(fn, match):

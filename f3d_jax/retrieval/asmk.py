@@ -36,6 +36,7 @@ scores by one visual word's contribution at most; the ranking of clearly differe
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -191,6 +192,11 @@ def asmk_similarity(model: Model, imgs: Sequence[dict], rm: RetrievalModel, *, b
     images = check_images(model, imgs, "similarity_matrix")
     precision = check_precision(precision)
     rm.check_backbone(model.config.enc_embed_dim)
+    sides = sorted({max(im.hw) for im in images})
+    if rm.imsize is not None and sides != [rm.imsize]:
+        warnings.warn(f"similarity_matrix: the retrieval model {rm.source} was made for images loaded at {rm.imsize} "
+                      f"(long side), these have long sides {sides}: scores will differ from the official ones "
+                      f"(load_images(..., size={rm.imsize}))", stacklevel=3)
     dev = jax.device_put(rm)  # the codebook goes to the device once per call
     cnorm = jnp.sum(jnp.square(dev.codebook), axis=-1)
     ma_q, ma_d = rm.query_assignments, rm.database_assignments

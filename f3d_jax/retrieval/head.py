@@ -58,6 +58,7 @@ class RetrievalModel:
       query_assignments, database_assignments: visual words per local feature on each side (official: 5, 1).
       source: the checkpoint file, codebook_source: the codebook file (static, for messages).
       backbone_name: `args.pretrained` (the MASt3R checkpoint the head was built on), or None.
+      imsize: `args.imsize`, the long side the official `Retriever` loads images at (512), or None.
     """
 
     prewhiten: tuple | None
@@ -74,6 +75,7 @@ class RetrievalModel:
     source: str = struct.field(pytree_node=False, default="")
     codebook_source: str = struct.field(pytree_node=False, default="")
     backbone_name: str | None = struct.field(pytree_node=False, default=None)
+    imsize: int | None = struct.field(pytree_node=False, default=None)
 
     @property
     def in_dim(self) -> int:
@@ -291,10 +293,12 @@ def load_retrieval(checkpoint_path: str | os.PathLike, codebook_path: str | os.P
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= codebook.shape[0]:
             raise ValueError(f"load_retrieval: {name} must be an int in [1, {codebook.shape[0]}], got {v!r}")
     pretrained = args.get("pretrained")
+    imsize = args.get("imsize")
     return RetrievalModel(
         prewhiten=prewhiten, projector=linears, projector_norms=norms, postwhiten=postwhiten, codebook=codebook,
         residual=residual,
         nfeat=float(nfeat) if float(nfeat) < 0 else int(nfeat), alpha=float(alpha),
         similarity_threshold=float(similarity_threshold), query_assignments=query_assignments,
         database_assignments=database_assignments, source=str(src), codebook_source=str(cpath),
-        backbone_name=str(pretrained) if isinstance(pretrained, str) else None)
+        backbone_name=str(pretrained) if isinstance(pretrained, str) else None,
+        imsize=imsize if isinstance(imsize, int) and not isinstance(imsize, bool) else None)

@@ -20,7 +20,7 @@ D = 32  # the tiny encoder's width
 K = 32  # visual words
 NFEAT = 12  # of the 16 tokens of a 64 x 64 image
 ARGS = dict(pretrained="tiny", freeze_backbone=1, prewhiten=0, hdims="48_32", residual=False, postwhiten=0,
-            featweights="l2norm", nfeat=NFEAT, imsize=512, nclusters=K)
+            featweights="l2norm", nfeat=NFEAT, imsize=64, nclusters=K)  # imsize: the tiny images' long side
 
 
 def _erf(x):
@@ -241,5 +241,11 @@ def test_bad_files(model, case, tmp_path):
     with pytest.raises(ValueError, match="w24_x.pth expects 24-dim encoder features, but the model's encoder "
                                          "gives 32 .*: tiny"):
         similarity_matrix(model, views, retrieval=rm24)
+    # images not at the head's size (official: load_images(..., size=args.imsize)): a warning, then the scores
+    rm = load_retrieval(ckpt, cb)
+    assert rm.imsize == 64
+    with pytest.warns(UserWarning, match="made for images loaded at 512 .* long sides \\[64\\]"):
+        s = similarity_matrix(model, views[:4], retrieval=rm.replace(imsize=512), batch_size=4)
+    assert s.shape == (4, 4)
     with pytest.raises(TypeError, match="retrieval must be None or a RetrievalModel"):
         similarity_matrix(model, views, retrieval="asmk")

@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "export": {"io", "geometry", "align", "eval"},
     "viewer": {"io", "export"},
     "train": {"nn", "models", "weights", "geometry", "eval", "io", "infer"},
+    "retrieval": {"nn", "models", "weights", "io", "infer"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

@@ -66,18 +66,16 @@ def _sample_pair(key: Array, view1: dict[str, Any], view2: dict[str, Any], n: in
     n_neg = jnp.minimum(n - n_pos, available_neg)
     n_pos = jnp.minimum(n - n_neg, n_rec)  # the official code tops up with positives, then asserts
 
-    # positives first: a random order when subsampling, raster order otherwise; then the rest
+    # positives first: a random order when subsampling, raster order otherwise; `top_k` of random scores
+    # draws without replacement (scores of the other kind are -1, below every candidate)
+    k = min(n, n1)
     u = jax.random.uniform(k_pos, (n1,))
-    order_key = jnp.where(n_pos < n_rec, u, jnp.arange(n1) / n1)
-    pos1 = jnp.argsort(jnp.where(rec1, order_key, 2.0))[:n]
-    neg1 = jnp.argsort(jnp.where(rec1, 2.0, jax.random.uniform(k_neg1, (n1,))))[:n]
-    neg2 = jnp.argsort(jnp.where(rec2, 2.0, jax.random.uniform(k_neg2, (n2,))))[:n]
-    if neg1.shape[0] < n:  # images smaller than n pixels: pad (those slots are never used as valid)
-        neg1 = jnp.pad(neg1, (0, n - neg1.shape[0]))
-    if neg2.shape[0] < n:
-        neg2 = jnp.pad(neg2, (0, n - neg2.shape[0]))
-    if pos1.shape[0] < n:
-        pos1 = jnp.pad(pos1, (0, n - pos1.shape[0]))
+    score = jnp.where(n_pos < n_rec, u, 1.0 - jnp.arange(n1) / n1)
+    pos1 = jax.lax.top_k(jnp.where(rec1, score, -1.0), k)[1]
+    neg1 = jax.lax.top_k(jnp.where(rec1, -1.0, jax.random.uniform(k_neg1, (n1,))), k)[1]
+    neg2 = jax.lax.top_k(jnp.where(rec2, -1.0, jax.random.uniform(k_neg2, (n2,))), min(n, n2))[1]
+    pad = lambda a: jnp.pad(a, (0, n - a.shape[0])) if a.shape[0] < n else a  # images of fewer than n pixels
+    pos1, neg1, neg2 = pad(pos1), pad(neg1), pad(neg2)
 
     slot = jnp.arange(n)
     is_pos = slot < n_pos

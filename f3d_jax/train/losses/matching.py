@@ -188,6 +188,23 @@ class MatchingLoss(Term):
                                                self.corres_nneg)
         return c1, c2, valid
 
+    def _check_static(self, N: int, desc2_shape: tuple[int, ...], key: Array | None) -> None:
+        """Shape / configuration errors, raised before any computation."""
+        _, H, W, _ = desc2_shape
+        P = self.negatives_padding
+        if P > H * W - N:
+            raise ValueError(f"MatchingLoss: negatives_padding={P} exceeds the {H * W - N} unmatched pixels "
+                             f"an image of {H}x{W} is sure to have with {N} correspondences")
+        if P and isinstance(self.criterion, InfoNCE) and self.criterion.mode != "all":
+            raise ValueError(f"MatchingLoss: negatives_padding > 0 with InfoNCE(mode={self.criterion.mode!r}) is "
+                             "undefined (the official code crashes); use mode='all' or APLoss")
+        if N > self.blocksize:
+            if N % self.blocksize:
+                raise ValueError(f"MatchingLoss: {N} correspondences cannot be cut into blocks of {self.blocksize}")
+            if key is None:
+                raise ValueError(f"MatchingLoss: {N} correspondences > blocksize={self.blocksize} shuffles the "
+                                 "blocks, which needs a PRNG key (criterion(..., key=key))")
+
     def matches(self, gt1: View, gt2: View, pred1: View, pred2: View,
                 key: Array | None) -> tuple[Array, Array, Array | None, Array | None, Details]:
         """(loss (B, N), valid (B, N), confs1, confs2 (B, N) or None, details) before any reduction; with
@@ -199,14 +216,12 @@ class MatchingLoss(Term):
         desc1, desc2 = jnp.asarray(pred1[k1]), jnp.asarray(pred2[k2])
         corres1, corres2, valid = self._correspondences(gt1, gt2, key)
         B, N = valid.shape
+        self._check_static(N, desc2.shape, key)
         d1, d2 = _gather(desc1, corres1), _gather(desc2, corres2)
 
         if self.negatives_padding:
             _, H, W, _ = desc2.shape
             P = self.negatives_padding
-            if P > H * W - N:
-                raise ValueError(f"MatchingLoss: negatives_padding={P} exceeds the {H * W - N} unmatched pixels "
-                                 f"an image of {H}x{W} is sure to have with {N} correspondences")
             flat = corres2[..., 0] + W * corres2[..., 1]
             free = jnp.ones((B, H * W), bool).at[jnp.arange(B)[:, None], flat].set(False)
             idx = jax.vmap(lambda m: jnp.nonzero(m, size=P, fill_value=0)[0])(free)  # first P, raster order
@@ -223,11 +238,6 @@ class MatchingLoss(Term):
         if N <= self.blocksize:
             loss = self.criterion.loss(d1, d2, euc=self.use_pts3d)
         else:  # shuffle per entry, then independent blocks of `blocksize` pairs
-            if N % self.blocksize:
-                raise ValueError(f"MatchingLoss: {N} correspondences cannot be cut into blocks of {self.blocksize}")
-            if key is None:
-                raise ValueError(f"MatchingLoss: {N} correspondences > blocksize={self.blocksize} shuffles the "
-                                 "blocks, which needs a PRNG key (criterion(..., key=key))")
             perm = jax.vmap(lambda k: jax.random.permutation(k, N))(jax.random.split(jax.random.fold_in(key, 2), B))
             take = lambda x: jnp.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1)
             d1, d2, valid = take(d1), take(d2[:, :N]), take(valid)

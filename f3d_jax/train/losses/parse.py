@@ -40,12 +40,21 @@ class CriterionError(ValueError):
     """A criterion string that cannot be built (syntax, unknown name, bad arguments)."""
 
 
+def _conf_loss(pixel_loss: Any, alpha: float = 1, **unexpected: Any) -> ConfLoss:
+    if unexpected:
+        hint = (" (the MASt3R README's 'Our Hyperparameters' string passes loss_in_log to ConfLoss, which the official "
+                "code rejects too; it is a Regr3D argument and defaults to False: drop it or move it into Regr3D(...))"
+                if "loss_in_log" in unexpected else "")
+        raise TypeError(f"ConfLoss got unexpected keyword arguments {sorted(unexpected)}{hint}")
+    return ConfLoss(pixel_loss, alpha)
+
+
 def _namespace(name: str) -> dict[str, Any]:
     if name == "stereoflow":
         return {"L1Loss": sf.L1Loss, "LaplacianLoss": sf.LaplacianLoss,
                 "LaplacianLossBounded": sf.LaplacianLossBounded, "LaplacianLossBounded2": sf.LaplacianLossBounded2}
     ns: dict[str, Any] = {
-        "L21": L21, "L21Loss": L21Loss, "ConfLoss": ConfLoss,
+        "L21": L21, "L21Loss": L21Loss, "ConfLoss": _conf_loss,
         "Regr3D": regr3d_factory("dust3r"),
         "Regr3D_ShiftInv": regr3d_factory("dust3r", "Regr3D_ShiftInv", shift_inv=True),
         "Regr3D_ScaleInv": regr3d_factory("dust3r", "Regr3D_ScaleInv", scale_inv=True),

@@ -11,13 +11,14 @@ from f3d_jax.train.losses.correspondences import reproject_indices, sample_corre
 from f3d_jax.train.losses.croco import masked_mse
 from f3d_jax.train.losses.matching import APLoss, ConfMatchingLoss, InfoNCE, MatchingLoss
 from f3d_jax.train.losses.multiloss import Sum, Term
-from f3d_jax.train.losses.parse import NAMESPACES, CriterionError, build_criterion, infer_namespace
+from f3d_jax.train.losses.parse import (NAMESPACES, TEST_CRITERIA, TRAIN_CRITERIA, CriterionError, build_criterion,
+                                        infer_namespace)
 from f3d_jax.train.losses.pointmaps import L21, ConfLoss, L21Loss, Regr3D, normalize_pointcloud
 from f3d_jax.train.losses.stereoflow import L1Loss, LaplacianLoss, LaplacianLossBounded, LaplacianLossBounded2
 
 __all__ = [
     "APLoss", "ConfLoss", "ConfMatchingLoss", "CriterionError", "InfoNCE", "L1Loss", "L21", "L21Loss",
     "LaplacianLoss", "LaplacianLossBounded", "LaplacianLossBounded2", "MatchingLoss", "NAMESPACES", "Regr3D",
-    "Sum", "Term", "build_criterion", "infer_namespace", "masked_mse", "normalize_pointcloud",
+    "Sum", "TEST_CRITERIA", "TRAIN_CRITERIA", "Term", "build_criterion", "infer_namespace", "masked_mse", "normalize_pointcloud",
     "reproject_indices", "sample_correspondences",
 ]

@@ -75,3 +75,12 @@ def affine_inverse(T: Array) -> Array:
     top = jnp.concatenate([A_inv, t_inv[..., None]], axis=-1)
     bottom = jnp.broadcast_to(jnp.asarray([0.0, 0.0, 0.0, 1.0], T.dtype), T.shape[:-2] + (1, 4))
     return jnp.concatenate([top, bottom], axis=-2)
+
+
+def at_least_f32(x: Array) -> Array:
+    """Floating inputs narrower than float32 (bf16 / fp16 network outputs) are promoted: the losses run in
+    float32 at least, as the official heads cast their outputs to float32 under AMP."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+        return x.astype(jnp.float32)
+    return x

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
+from f3d_jax.train.losses._common import at_least_f32
+
 
 def masked_mse(pred: Array, target: Array, mask: Array, norm_pix_loss: bool = True,
                masked: bool = True) -> Array:
@@ -16,6 +18,7 @@ def masked_mse(pred: Array, target: Array, mask: Array, norm_pix_loss: bool = Tr
     squared error is averaged over the masked patches (`masked=True`) or over all patches. Returns a 0-d
     float32 loss.
     """
+    pred, target = at_least_f32(pred), at_least_f32(target)
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f"masked_mse: pred {pred.shape} and target {target.shape} must be equal (B, N, D)")
     if mask.shape != pred.shape[:2]:

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from f3d_jax.train.losses._common import HIGHEST, masked_mean, masked_quantile, masked_sum, unbiased_std
+from f3d_jax.train.losses._common import (HIGHEST, at_least_f32, masked_mean, masked_quantile, masked_sum,
+                                          unbiased_std)
 from f3d_jax.train.losses.multiloss import Details, Term, View
 
 _REDUCTIONS = ("mean", "sum", "1-mean", "none")
@@ -233,7 +234,7 @@ class MatchingLoss(Term):
             for d, w in ((pred1, "pred1"), (pred2, "pred2")):
                 if ck not in d:
                     raise KeyError(f"ConfMatchingLoss: {w} has no {ck!r} (keys: {sorted(d)})")
-            confs1, confs2 = _gather(jnp.asarray(pred1[ck]), corres1), _gather(jnp.asarray(pred2[ck]), corres2)
+            confs1, confs2 = _gather(at_least_f32(pred1[ck]), corres1), _gather(at_least_f32(pred2[ck]), corres2)
 
         if N <= self.blocksize:
             loss = self.criterion.loss(d1, d2, euc=self.use_pts3d)

@@ -71,6 +71,22 @@ def _namespace(name: str) -> dict[str, Any]:
 
 
 NAMESPACES = ("dust3r", "mast3r", "stereoflow")
+
+# The criteria of the official training commands (READMEs and train.py defaults), with their namespace.
+TRAIN_CRITERIA = {
+    "dust3r": ("ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)", "dust3r"),
+    "mast3r": ("ConfLoss(Regr3D(L21, norm_mode='?avg_dis'), alpha=0.2) + 0.075*ConfMatchingLoss(MatchingLoss("
+               "InfoNCE(mode='proper', temperature=0.05), negatives_padding=0, blocksize=8192), alpha=10.0, "
+               "confmode='mean')", "mast3r"),
+    "stereo": ("LaplacianLossBounded2()", "stereoflow"),
+    "stereo_eth3d": ("LaplacianLoss()", "stereoflow"),
+    "flow": ("LaplacianLossBounded()", "stereoflow"),
+}
+TEST_CRITERIA = {
+    "dust3r": ("Regr3D_ScaleShiftInv(L21, gt_scale=True)", "dust3r"),
+    "mast3r": ("Regr3D_ScaleShiftInv(L21, norm_mode='?avg_dis', gt_scale=True, sky_loss_value=0) + -1.*MatchingLoss("
+               "APLoss(nq='torch', fp=torch.float16), negatives_padding=12288)", "mast3r"),
+}
 _MAST3R_ONLY = {"MatchingLoss", "ConfMatchingLoss", "InfoNCE", "APLoss"}
 _MAST3R_KWARGS = {"sky_loss_value", "max_metric_scale", "loss_in_log", "opt_fit_gt"}
 _DTYPES = {"float16": jnp.float16, "half": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32,

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from f3d_jax.train.losses._common import HIGHEST, affine_inverse, masked_mean, nanmedian_lower, safe_norm
+from f3d_jax.train.losses._common import (HIGHEST, affine_inverse, at_least_f32, masked_mean, nanmedian_lower,
+                                          safe_norm)
 from f3d_jax.train.losses.multiloss import Details, Term, View
 
 _NORMS = {"avg": ("dis", "log1p", "warp-log1p"), "median": None, "sqrt": None}
@@ -119,14 +120,14 @@ def get_pred_pts3d(gt: View, pred: View, use_pose: bool, who: str = "Regr3D") ->
     """Predicted points as `dust3r.inference.get_pred_pts3d` picks them ('pts3d' first, then
     'pts3d_in_other_view' for the second view)."""
     if "pts3d" in pred:
-        pts = jnp.asarray(pred["pts3d"])
+        pts = at_least_f32(pred["pts3d"])
         if use_pose:
             pts = _transform(_require(pred, "camera_pose", who, "pred2 with 'pts3d'"), pts)
         return pts
     if "pts3d_in_other_view" in pred:
         if not use_pose:
             raise KeyError(f"{who}: pred1 must hold 'pts3d' (it has {sorted(pred)})")
-        return jnp.asarray(pred["pts3d_in_other_view"])
+        return at_least_f32(pred["pts3d_in_other_view"])
     raise KeyError(f"{who}: the prediction has neither 'pts3d' nor 'pts3d_in_other_view' ({sorted(pred)})")
 
 
@@ -308,8 +309,8 @@ class ConfLoss(Term):
     def compute_loss(self, gt1: View, gt2: View, pred1: View, pred2: View,
                      key: Array | None) -> tuple[Array, Details]:
         l1, m1, l2, m2, details = self.pixel_loss.pixel_losses(gt1, gt2, pred1, pred2)
-        c1 = jnp.where(m1, _require(pred1, "conf", "ConfLoss", "pred1"), 1.0)
-        c2 = jnp.where(m2, _require(pred2, "conf", "ConfLoss", "pred2"), 1.0)
+        c1 = jnp.where(m1, at_least_f32(_require(pred1, "conf", "ConfLoss", "pred1")), 1.0)
+        c2 = jnp.where(m2, at_least_f32(_require(pred2, "conf", "ConfLoss", "pred2")), 1.0)
         conf_loss1 = masked_mean(l1 * c1 - self.alpha * jnp.log(c1), m1)
         conf_loss2 = masked_mean(l2 * c2 - self.alpha * jnp.log(c2), m2)
         return conf_loss1 + conf_loss2, {"conf_loss_1": conf_loss1, "conf_loss2": conf_loss2, **details}

@@ -20,15 +20,15 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from f3d_jax.train.losses._common import masked_mean
+from f3d_jax.train.losses._common import at_least_f32, masked_mean
 
 
 def _check(predictions: Array, gt: Array, conf: Array | None, who: str) -> tuple[Array, Array, Array | None]:
-    predictions, gt = jnp.asarray(predictions), jnp.asarray(gt)
+    predictions, gt = at_least_f32(predictions), at_least_f32(gt)
     if predictions.shape != gt.shape or predictions.ndim != 4:
         raise ValueError(f"{who}: predictions {predictions.shape} and gt {gt.shape} must both be (B, H, W, C)")
     if conf is not None:
-        conf = jnp.asarray(conf)
+        conf = at_least_f32(conf)
         if conf.ndim == 4:
             conf = conf[..., 0]
         if conf.shape != gt.shape[:3]:

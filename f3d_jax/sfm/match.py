@@ -14,6 +14,7 @@ from f3d_jax.export.reconstruction import images_to_uint8
 from f3d_jax.infer.collate import rename_view2
 from f3d_jax.infer.engine import InferenceEngine
 from f3d_jax.matching import extract_correspondences
+from f3d_jax.sparse.data import BLOCK_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,8 @@ def match_images(model: Any, image1: Any, image2: Any, *, size: int = 512, subsa
     r21, r12 = rename_view2(r21), rename_view2(r12)
     feats = [np.asarray(r["desc"], np.float32) for r in (r11, r21, r22, r12)]
     qonfs = [np.asarray(r["desc_conf"], np.float32) for r in (r11, r21, r22, r12)]
-    xy1, xy2, conf = extract_correspondences(feats, qonfs, subsample=int(subsample), dist="dot")
+    # the sparse alignment's matcher settings (and compiled code)
+    xy1, xy2, conf = extract_correspondences(feats, qonfs, subsample=int(subsample), dist="dot", block_size=BLOCK_SIZE)
     xy1, xy2, conf = np.asarray(xy1), np.asarray(xy2), np.asarray(conf, np.float32)
     keep = np.ones(len(conf), bool)
     for xy, r in ((xy1, r11), (xy2, r22)):

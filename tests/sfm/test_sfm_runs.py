@@ -34,7 +34,7 @@ from f3d_jax.sfm.tracks import reprojection_errors
 from tests.sfm.tiny import write_tiny_mast3r
 from tests.sparse.standin import StandIn, load_case
 
-PHOTOS = ("Chateau1.png", "Chateau2.png", "exif_orientation6.jpg")  # load at 128x96 (crops and a resize)
+PHOTOS = ("Chateau1.png", "Chateau2.png", "exif_orientation6.jpg")  # load at 64x48 (crops and a resize)
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -145,7 +145,7 @@ def cli_inputs(tmp_path_factory):
 def sfm_cli_run(cli_inputs):
     out = cli_inputs["root"] / "out"
     rc, stdout, stderr = _run(["reconstruct", str(cli_inputs["photos"]), "--align", "sparse", "--graph", "retrieval",
-                               "--model", str(cli_inputs["model"]), "--out", str(out), "--size", "128",
+                               "--model", str(cli_inputs["model"]), "--out", str(out), "--size", "64",
                                "--niter1", "60", "--niter2", "0", "--quiet"])  # the fine stage: standin test
     assert rc == 0, stderr
     return out, stdout
@@ -171,7 +171,7 @@ def test_cli_sparse_reconstruct_writes_a_colmap_model_pycolmap_reads(sfm_cli_run
         assert (cam.width, cam.height) == size
         k = image.image_id - 1
         scale = abs(np.linalg.det(recon.to_orig[k][:, :2])) ** 0.5
-        assert scale > 1.5  # 224 or 300 source pixels per 96 working rows
+        assert scale > 1.5  # 224 or 300 source pixels per 48 working rows
         assert np.allclose(cam.params[:2], scale * np.diag(recon.intrinsics[k])[:2], rtol=1e-6)
         tol[image.image_id] = 4.0 * scale + 1e-6
     assert sorted(im.name for im in model.images.values()) == sorted(PHOTOS)
@@ -186,19 +186,19 @@ def test_cli_match_draws_the_matches(cli_inputs):
 
     photos, png = cli_inputs["photos"], cli_inputs["root"] / "matches.png"
     rc, stdout, stderr = _run(["match", str(photos / PHOTOS[0]), str(photos / PHOTOS[1]), "--model",
-                               str(cli_inputs["model"]), "--out", str(png), "--size", "128", "--max-draw", "25",
+                               str(cli_inputs["model"]), "--out", str(png), "--size", "64", "--max-draw", "25",
                                "--quiet"])
     assert rc == 0, stderr
     n = int(stdout.split("f3d match: ")[1].split(" matches")[0])
     assert n > 25 and "25 drawn" in stdout, stdout
     with PIL.Image.open(png) as im:
         drawn = np.asarray(im.convert("RGB"))
-    plain = np.concatenate(images_to_uint8(f3d_jax.load_images([str(photos / p) for p in PHOTOS[:2]], 128,
+    plain = np.concatenate(images_to_uint8(f3d_jax.load_images([str(photos / p) for p in PHOTOS[:2]], 64,
                                                                verbose=False)), axis=1)
-    assert drawn.shape == plain.shape == (96, 256, 3)
+    assert drawn.shape == plain.shape == (48, 128, 3)
     changed = (drawn != plain).any(-1)
-    assert 300 < changed.sum() < 0.6 * changed.size  # lines and circles, not a blank or repainted canvas
-    assert changed[:, :128].any() and changed[:, 128:].any()
+    assert 150 < changed.sum() < 0.6 * changed.size  # lines and circles, not a blank or repainted canvas
+    assert changed[:, :64].any() and changed[:, 64:].any()
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -6,6 +6,9 @@ documented fallback (cosine similarity of mean-pooled, L2-normalised encoder fea
 `f3d_jax.retrieval.similarity` for when to prefer which.
 """
 
+from f3d_jax.retrieval.codebook import read_codebook
+from f3d_jax.retrieval.head import RetrievalModel, default_codebook_path, load_retrieval
 from f3d_jax.retrieval.similarity import pooled_descriptors, similarity_matrix
 
-__all__ = ["pooled_descriptors", "similarity_matrix"]
+__all__ = ["RetrievalModel", "default_codebook_path", "load_retrieval", "pooled_descriptors", "read_codebook",
+           "similarity_matrix"]

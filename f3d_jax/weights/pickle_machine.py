@@ -541,6 +541,7 @@ _OPS: dict[int, Callable[[_Machine], None]] = {
     ord(b"B"): _bytes_n(4),
     ord(b"C"): _bytes_n(1),
     0x8E: _bytes_n(8),
+    0x96: _bytes_n(8),  # BYTEARRAY8 (protocol 5, e.g. a numpy array's in-band buffer): read as immutable bytes
     ord(b"q"): lambda m: m.memo_put(m.uint(1)),
     ord(b"r"): lambda m: m.memo_put(m.uint(4)),
     0x94: lambda m: m.memo_put(len(m.memo)),

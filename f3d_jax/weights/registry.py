@@ -184,7 +184,8 @@ _ENTRIES: tuple[CheckpointInfo, ...] = (
         urls=(f"{_MAST3R_URL}{_RETRIEVAL}_trainingfree.pth", f"{_MAST3R_URL}{_RETRIEVAL}_codebook.pkl"),
         hf_repo=None,
         license=_LICENSE,
-        license_note=_DATASETS_NOTE + "; the codebook .pkl is an arbitrary pickle (ASMK), never unpickled here",
+        license_note=_DATASETS_NOTE + "; the codebook .pkl (an ASMK pickle) is read by f3d_jax.retrieval.read_codebook "
+                     "on the bounded pickle machine (numpy float arrays only, nothing executed)",
         pth_format=(
             "{'model': whitening/projector state dict without backbone.* keys (float64 whitening), "
             "'args': Namespace(pretrained=<MASt3R checkpoint>, ...)} (inferred, args not published)"

@@ -7,24 +7,19 @@ import numpy as np
 import pytest
 
 import f3d_jax
-from f3d_jax.models.model import encode_images
 from f3d_jax.retrieval import pooled_descriptors, similarity_matrix
 from f3d_jax.retrieval.encode import static_batch
 
-from .tiny import tiny_images, tiny_model
+from .tiny import encoder_tokens, tiny_images, tiny_model
 
-SHAPES = [(32, 32), (32, 48), (32, 32), (32, 32), (32, 48)]  # two sizes: two shape groups, one padded batch each
+SHAPES = [(64, 64), (64, 96), (64, 64), (64, 64), (64, 96)]  # two sizes: two shape groups, one padded batch each
 
 
 def reference_descriptors(model, imgs) -> np.ndarray:
-    """Per image, one at a time (batch 1, no padding): the encoder output averaged over tokens in float64 and
-    normalised (numpy)."""
-    out = []
-    for v in imgs:
-        tokens = np.asarray(encode_images(model.config, model.params, v["img"], v["true_shape"])[0], np.float64)[0]
-        g = tokens.mean(0)
-        out.append(g / np.linalg.norm(g))
-    return np.stack(out)
+    """Per image, encoded on its own (with noise rows in its batch): the encoder output averaged over tokens in
+    float64 and normalised (numpy)."""
+    g = np.stack([t.mean(0) for t in encoder_tokens(model, imgs)])
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +50,17 @@ def test_fallback_matches_brute_force(model, imgs):
 
 
 def test_fallback_invariances(model, imgs):
-    """Reordering the images reorders the matrix; the batch size does not change it; an exact copy scores 1 with
-    its original and a slightly perturbed copy ranks right after it."""
+    """Reordering the images reorders the matrix (other padding rows); more images of a size than the batch size
+    (two batches, the second padded) change nothing; an exact copy scores 1 with its original and a slightly
+    perturbed copy ranks right after it."""
     s = similarity_matrix(model, imgs, batch_size=4)
     perm = [3, 0, 4, 1, 2]
-    sp = similarity_matrix(model, [imgs[k] for k in perm], batch_size=2)
+    sp = similarity_matrix(model, [imgs[k] for k in perm], batch_size=4)
     np.testing.assert_allclose(sp, s[np.ix_(perm, perm)], atol=2e-6)
     rng = np.random.default_rng(5)
     near = dict(imgs[0], img=np.clip(imgs[0]["img"] + 0.02 * rng.standard_normal(imgs[0]["img"].shape), -1, 1)
                 .astype(np.float32))
-    s2 = similarity_matrix(model, imgs + [dict(imgs[0]), near], batch_size=4)  # 32x32: batches of 4, 3 + pad
+    s2 = similarity_matrix(model, imgs + [dict(imgs[0]), near], batch_size=4)  # 64x64: batches of 4, 1 + 3 padding
     assert s2.shape == (7, 7)
     np.testing.assert_allclose(s2[:5, :5], s, atol=2e-6)
     assert s2[0, 5] == pytest.approx(1.0, abs=1e-6)

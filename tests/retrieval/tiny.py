@@ -24,3 +24,22 @@ def tiny_images(shapes: list[tuple[int, int]], seed: int = 1) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [dict(img=rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32), true_shape=np.array([[h, w]], np.int32),
                  idx=k, instance=str(k)) for k, (h, w) in enumerate(shapes)]
+
+
+# the batch each image size runs at in the tests (`static_batch`): reference encodings use the same compiled encoder
+REF_BATCH = {(64, 64): 4, (64, 96): 2}
+
+
+def encoder_tokens(model: Model, views: list[dict]) -> list[np.ndarray]:
+    """Each image's encoder output (N, Ce) float64, encoded on its own (the other rows of its batch are noise)."""
+    from f3d_jax.models.model import encode_images
+
+    rng = np.random.default_rng(99)
+    out = []
+    for v in views:
+        h, w = v["img"].shape[1:3]
+        b = REF_BATCH[(h, w)]
+        img = np.concatenate([v["img"], rng.uniform(-1, 1, (b - 1, h, w, 3)).astype(np.float32)])
+        ts = np.repeat(np.asarray(v["true_shape"], np.int32).reshape(1, 2), b, 0)
+        out.append(np.asarray(encode_images(model.config, model.params, img, ts)[0], np.float64)[0])
+    return out

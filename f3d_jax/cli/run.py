@@ -307,6 +307,9 @@ def check_sparse(opts: Reconstruct) -> None:
     for name, v in (("retrieval", s.retrieval), ("retrieval-codebook", s.retrieval_codebook)):
         if v is not None and not Path(v).is_file():
             raise CliError(f"--{name} {v}: no such file")
+    if s.retrieval is not None and not opts.graph.startswith("retrieval"):
+        raise CliError(f"--retrieval is used by the retrieval graph only: add --graph retrieval (now --graph "
+                       f"{opts.graph})")
 
 
 def reconstruct_sparse(opts: Reconstruct) -> int:

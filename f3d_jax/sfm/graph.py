@@ -3,6 +3,7 @@ similarity matrix of `f3d_jax.retrieval` when the graph is a retrieval graph).""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -55,8 +56,8 @@ def sfm_pairs(imgs: Sequence[dict], model: Any, scene_graph: str | None = None, 
 
     Args:
       imgs: `load_images` dicts. model: the f3d_jax Model (its encoder gives the retrieval fallback's features).
-      scene_graph: see `resolve_scene_graph`. retrieval: a `f3d_jax.retrieval` RetrievalModel, or None for the
-        documented fallback (cosine of pooled encoder features). seed: first keyframe of the retrieval graph.
+      scene_graph: see `resolve_scene_graph`. retrieval: a `f3d_jax.retrieval` RetrievalModel (or the path of its
+        checkpoint, codebook next to it), or None for the documented fallback (cosine of pooled encoder features). seed: first keyframe of the retrieval graph.
       sim_mat: a precomputed (N, N) similarity (skips `similarity_matrix`).
 
     Returns:
@@ -66,7 +67,10 @@ def sfm_pairs(imgs: Sequence[dict], model: Any, scene_graph: str | None = None, 
     graph = resolve_scene_graph(scene_graph, n)
     if is_retrieval(graph):
         if sim_mat is None:
-            from f3d_jax.retrieval import similarity_matrix
+            from f3d_jax.retrieval import load_retrieval, similarity_matrix
+
+            if isinstance(retrieval, (str, os.PathLike)):
+                retrieval = load_retrieval(retrieval)
 
             sim_mat = np.asarray(similarity_matrix(model, imgs, retrieval, batch_size=batch_size))
         import warnings

@@ -165,8 +165,8 @@ def run_sfm(image_folder: Any, model: Any, *, out_dir: str | os.PathLike | None 
       scene_graph: None (default): 'complete' up to 12 images, else 'retrieval-Na-k' with Na = min(20, N // 2),
         k = min(10, N - 1) (pairs linear in N); 'retrieval' / 'retrieval-k' take those defaults; or any
         `make_pairs` graph ('complete', 'swin-K', 'logwin-K', 'oneref-I', 'retrieval-Na-k').
-      retrieval: a `f3d_jax.retrieval` RetrievalModel for the retrieval graph; None: the documented fallback
-        (cosine of pooled encoder features).
+      retrieval: a `f3d_jax.retrieval` RetrievalModel (`load_retrieval(...)`, or its checkpoint's path) for the
+        retrieval graph; None: the documented fallback (cosine of pooled encoder features).
       subsample, niter1, niter2, lr1, lr2, matching_conf_thr, shared_intrinsics, kinematic_mode, opt_depth:
         `sparse_global_alignment`'s (defaults: the MASt3R demo's; matching_conf_thr 0).
       min_conf_thr: canonical confidence above which a pixel joins the dense cloud (demo: 1.5).

@@ -213,3 +213,27 @@ def test_cli_match_errors_are_one_line(cli_inputs, argv, needle, capsys):
     rc = main(["match", *[a.format(**values) for a in argv], "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_chunks_share_one_encoder_pass(cli_inputs):
+    """The served predictions are the engine's, chunk by chunk, with every image encoded once for the graph."""
+    import f3d_jax
+    from f3d_jax.infer.engine import InferenceEngine
+    from f3d_jax.sfm import CachedEncoderEngine, PairPredictions
+
+    model = f3d_jax.load_model(cli_inputs["model"])
+    imgs = f3d_jax.load_images(str(cli_inputs["photos"]), 64, verbose=False)
+    pairs = make_pairs(imgs, "complete", symmetrize=True)
+    engine = CachedEncoderEngine(model, 8, pairs=pairs)
+    preds = PairPredictions(engine, pairs, chunk_pairs=1)  # 3 unordered pairs: 3 chunks (2 ordered pairs each)
+    served = {}
+    for v1, v2 in pairs[:3]:  # the sparse alignment's call order: (i, j) then (j, i), pair after pair
+        served[(v1["idx"], v2["idx"])] = preds(v1, v2)
+        served[(v2["idx"], v1["idx"])] = preds(v2, v1)
+    assert engine.encoder_passes == 1 and preds.chunks_decoded == 3 and preds.pairs_decoded == 6
+    reference = InferenceEngine(model, 8).predict(pairs)
+    for (v1, v2), (r1, r2) in zip(pairs, reference):
+        p1, p2 = served[(v1["idx"], v2["idx"])]
+        assert set(p2) == {"pts3d", "conf", "desc", "desc_conf"}
+        np.testing.assert_allclose(p1["desc"][0], r1["desc"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p2["pts3d"][0], r2["pts3d_in_other_view"], rtol=1e-5, atol=1e-5)

@@ -90,6 +90,7 @@ print("focals (px, working resolution):", np.asarray(scene.focals).round(1))
 print(f"{stats.n_points} COLMAP points from {stats.n_matches} matches, mean track length "
       f"{stats.mean_track_length:.2f}, reprojection error mean {stats.mean_reproj_error:.2f} px")
 print("seconds per stage:", {k: round(v, 1) for k, v in result.seconds.items()})
+print("network pass:", result.inference)  # each photo encoded once, pairs decoded in chunks of batches
 assert np.isfinite(scene.loss_curve).all() and stats.n_points > 0
 
 # %% [markdown]

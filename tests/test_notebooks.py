@@ -73,7 +73,8 @@ EXPECTED = {
     "03_convert_to_orbax.ipynb": dict(text=("params identical: ", "outputs identical"), image=False,
                                       files=("converted/dust3r_orbax", "converted/dust3r_orbax_bf16")),
     # the MASt3R notebooks run at 64 px on the tiny MASt3R (shapes of tests/sfm: compiled code shared)
-    "04_sfm_to_colmap.ipynb": dict(text=("graph complete", "COLMAP points from", "pycolmap: 3 registered images"),
+    "04_sfm_to_colmap.ipynb": dict(text=("graph complete", "COLMAP points from", "pycolmap: 3 registered images",
+                                         "{'encoder_passes': 1, 'chunks': 1, 'pairs_decoded': 6"),
                                    image=True, files=("out/colmap/sparse/0/points3D.bin", "out/reconstruction.npz")),
     "05_matching.ipynb": dict(text=("matches between Chateau1.png and Chateau2.png", "original photos"), image=True,
                               files=()),

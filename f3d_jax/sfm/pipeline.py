@@ -42,6 +42,8 @@ class SfMResult:
         sim_mat: (N, N) the retrieval similarity, None for graphs without one.
       written: {format: path} of the exports (empty without `out_dir`).
       seconds: wall time per stage ('load', 'pairs', 'inference+align', 'tracks', 'export').
+      inference: what the network pass did (`run_sfm`): 'encoder_passes' (1: each image encoded once for the
+        whole graph), 'chunks', 'pairs_decoded' (ordered pairs), 'chunk_pairs' (unordered pairs per chunk).
     """
 
     scene: SparseScene
@@ -52,6 +54,7 @@ class SfMResult:
     sim_mat: np.ndarray | None = None
     written: dict = dataclasses.field(default_factory=dict)
     seconds: dict = dataclasses.field(default_factory=dict)
+    inference: dict = dataclasses.field(default_factory=dict)
 
     @property
     def tracks(self) -> Tracks:
@@ -83,16 +86,25 @@ def scene_matches(scene: SparseScene) -> tuple:
     return tuple(matches)
 
 
+def check_one_size(imgs: Sequence[dict]) -> None:
+    """The exported `Reconstruction` holds one working size: refuse mixed sizes before any network pass."""
+    shapes: dict[tuple, list[str]] = {}
+    for k, d in enumerate(imgs):
+        hw = tuple(int(x) for x in np.asarray(d["img"]).shape[1:3])
+        shapes.setdefault(hw, []).append(os.path.basename(str(d.get("path") or f"image {k}")))
+    if len(shapes) > 1:
+        listing = "; ".join(f"{w}x{h}: {', '.join(n[:3])}{' ...' if len(n) > 3 else ''}" for (h, w), n in shapes.items())
+        raise ValueError(f"run_sfm: the images load at different sizes ({listing}); the reconstruction needs one "
+                         "size: use photos of one orientation and aspect ratio")
+
+
 def reconstruction_from_sparse(scene: SparseScene, imgs: Sequence[dict], *, min_conf_thr: float = 1.5,
                                clean_depth: bool = True, min_track_length: int = 2, max_reproj_error: float = 4.0,
                                ) -> tuple[Reconstruction, TrackStats]:
     """The `Reconstruction` of a sparse alignment: cameras, the dense cloud (pixels whose canonical confidence
     exceeds `min_conf_thr`, after the official `clean_pointcloud` if `clean_depth`) and tracks from the matches
     (`tracks_from_matches`). `imgs` are the `load_images` dicts the scene was aligned from (same order)."""
-    shapes = {tuple(np.asarray(d["img"]).shape[1:3]) for d in imgs}
-    if len(shapes) != 1:
-        raise ValueError(f"run_sfm: the images load at different sizes {sorted(shapes)}; the exported "
-                         "reconstruction needs one size (use photos of one orientation and aspect ratio)")
+    check_one_size(imgs)
     dense = _DenseView(scene, clean_depth)
     recon = reconstruction_from_alignment(dense, imgs, min_conf_thr=min_conf_thr, clean_depth=False)
     tracks, stats = tracks_from_matches(scene_matches(scene), dense.pts3d, dense.conf, recon.images,
@@ -203,6 +215,7 @@ def run_sfm(image_folder: Any, model: Any, *, out_dir: str | os.PathLike | None 
                          f"{getattr(model.config, 'official_class', type(model.config).__name__)} with output_mode "
                          f"{getattr(model.config, 'output_mode', None)!r}")
     imgs = load_sfm_images(image_folder, size)
+    check_one_size(imgs)
     seconds["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pairs, graph, sim = sfm_pairs(imgs, model, scene_graph, retrieval, batch_size=batch_size, seed=seed)
@@ -222,4 +235,6 @@ def run_sfm(image_folder: Any, model: Any, *, out_dir: str | os.PathLike | None 
             scene_graph=graph, sim_mat=sim, seconds=seconds)
     finally:
         bar.close()
-    return result
+    return dataclasses.replace(result, inference=dict(
+        encoder_passes=engine.encoder_passes, chunks=preds.chunks_decoded, pairs_decoded=preds.pairs_decoded,
+        chunk_pairs=preds.chunk_pairs))

@@ -34,6 +34,8 @@ _LAZY = {
     "Scene": "f3d_jax.align.types",  # deprecated alias of AlignResult
     "sparse_global_alignment": "f3d_jax.sparse.api",
     "SparseScene": "f3d_jax.sparse.scene",
+    "run_sfm": "f3d_jax.sfm.pipeline",
+    "SfMResult": "f3d_jax.sfm.pipeline",
     "list_checkpoints": "f3d_jax.weights.registry",
     "get_checkpoint_info": "f3d_jax.weights.registry",
 }

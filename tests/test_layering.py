@@ -32,6 +32,9 @@ ALLOWED: dict[str, set[str]] = {
     "viewer": {"io", "export"},
     "train": {"nn", "models", "weights", "geometry", "eval", "io", "infer"},
     "retrieval": {"nn", "models", "weights", "io", "infer"},
+    # MASt3R-SfM sits on top of everything but the CLI
+    "sfm": {"nn", "geometry", "io", "models", "weights", "eval", "align", "matching", "sparse", "infer", "export",
+            "retrieval"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

@@ -20,6 +20,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import fixture_path
+from tests.sfm.tiny import write_tiny_mast3r
 
 REPO = Path(__file__).resolve().parent.parent
 COLAB = REPO / "colab"
@@ -56,8 +57,14 @@ def notebook_inputs(tmp_path_factory) -> dict[str, str]:
     photos.mkdir()
     for name in PHOTOS:
         shutil.copy(fixture_path("networks", "image_preprocessing", "photos", name), photos / name)
-    return {"F3D_NOTEBOOK_TEST": "1", "F3D_NOTEBOOK_CHECKPOINT": str(ckpt), "F3D_NOTEBOOK_IMAGES": str(photos)}
+    mast3r = write_tiny_mast3r(fixture_path("networks", "mast3r", "hf"), root / "tiny_mast3r")
+    return {"F3D_NOTEBOOK_TEST": "1", "F3D_NOTEBOOK_CHECKPOINT": str(ckpt), "F3D_NOTEBOOK_IMAGES": str(photos),
+            "F3D_NOTEBOOK_MAST3R": str(mast3r)}
 
+
+# notebooks that run on the suite's 8 virtual CPU devices, so that their programs are those tests/sfm compiled
+# (same model, photos, sizes and batches: read from the shared compilation cache instead of compiled again)
+MESH_OF_THE_SUITE = ("04_sfm_to_colmap.ipynb", "05_matching.ipynb")
 
 # what each notebook must have shown or written (besides running without error and its own asserts)
 EXPECTED = {
@@ -65,6 +72,12 @@ EXPECTED = {
     "02_multiview_to_exports.ipynb": dict(text=("final loss",), image=True, files=("out/reconstruction.npz",)),
     "03_convert_to_orbax.ipynb": dict(text=("params identical: ", "outputs identical"), image=False,
                                       files=("converted/dust3r_orbax", "converted/dust3r_orbax_bf16")),
+    # the MASt3R notebooks run at 64 px on the tiny MASt3R (shapes of tests/sfm: compiled code shared)
+    "04_sfm_to_colmap.ipynb": dict(text=("graph complete", "COLMAP points from", "pycolmap: 3 registered images",
+                                         "{'encoder_passes': 1, 'chunks': 1, 'pairs_decoded': 6"),
+                                   image=True, files=("out/colmap/sparse/0/points3D.bin", "out/reconstruction.npz")),
+    "05_matching.ipynb": dict(text=("matches between Chateau1.png and Chateau2.png", "original photos"), image=True,
+                              files=()),
 }
 
 
@@ -79,6 +92,8 @@ def test_notebook_runs(name, notebook_inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    if name in MESH_OF_THE_SUITE:
+        monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "8")
     nb = nbformat.read(COLAB / name, as_version=4)
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 

@@ -2,7 +2,8 @@
 config dataclasses of `f3d_jax.cli.options`; `f3d_jax.cli.run` does the work.
 
   f3d demo                                    offline: synthetic room, real alignment, every export
-  f3d reconstruct IMAGES... --model SRC --out DIR
+  f3d reconstruct IMAGES... --model SRC --out DIR [--align sparse --graph retrieval]   (MASt3R-SfM)
+  f3d match IMG1 IMG2 --model MAST3R --out matches.png
   f3d export RESULT --format colmap ply ...   f3d view DIR
   f3d convert SRC DST                         f3d checkpoints
 

@@ -16,7 +16,6 @@ import tyro
 FORMATS = ("colmap", "nerfstudio", "ply", "glb", "npz")
 Format = Literal["colmap", "nerfstudio", "ply", "glb", "npz"]
 DEMO_COMMAND = "f3d reconstruct photos/*.jpg --model naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt --out out/"
-SFM_LATER = "arrives with MASt3R-SfM (the sparse alignment is not implemented yet)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +57,38 @@ Alignment = Annotated[AlignOptions, tyro.conf.OmitArgPrefixes]
 
 
 @dataclasses.dataclass(frozen=True)
+class SparseOptions:
+    """MASt3R sparse global alignment (--align sparse, f3d_jax.run_sfm): the MASt3R demo's defaults."""
+
+    niter1: int = 300
+    """iterations of the coarse stage (3D matching)."""
+    niter2: int = 300
+    """iterations of the fine stage (2D reprojection; 0 skips it)."""
+    lr1: float = 0.07
+    """learning rate of the coarse stage."""
+    lr2: float = 0.01
+    """learning rate of the fine stage."""
+    matching_conf_thr: float = 0.0
+    """pairs whose best match confidence is not above it use the pointmap fallback instead of their matches."""
+    shared_intrinsics: bool = False
+    """one focal length and principal point for all images (photos from one camera and zoom)."""
+    subsample: int = 8
+    """stride of the matching grid (pixels)."""
+    cloud_conf_thr: float = 1.5
+    """canonical confidence above which a pixel joins the dense cloud (MASt3R demo: 1.5)."""
+    max_reproj_error: float = 4.0
+    """COLMAP tracks: observations farther than this from their point's projection are dropped (pixels)."""
+    retrieval: str | None = None
+    """retrieval checkpoint for --graph retrieval (MASt3R's ..._retrieval_trainingfree.pth); None: cosine of
+    the model's pooled encoder features."""
+    retrieval_codebook: str | None = None
+    """codebook of the retrieval checkpoint (None: the file next to it)."""
+
+
+Sparse = Annotated[SparseOptions, tyro.conf.OmitArgPrefixes]
+
+
+@dataclasses.dataclass(frozen=True)
 class Reconstruct:
     """Images in, every export out: load the model, load the images, pair them, run the network on every pair,
     align globally, write reconstruction.npz, the exports and summary.png into --out."""
@@ -71,14 +102,18 @@ class Reconstruct:
     size: int | None = None
     """image size for the network: the long side (512) or 224; None: what the model was trained at."""
     graph: str = "complete"
-    """pair graph: complete, swin-K, logwin-K (add -noncyclic for sequences) or oneref-I."""
+    """pair graph: complete, swin-K, logwin-K (add -noncyclic for sequences), oneref-I, or retrieval[-Na-k]
+    (MASt3R-SfM: Na keyframes plus each image's k most similar images, pairs linear in the number of images;
+    retrieval alone: Na = min(20, N/2), k = min(10, N-1))."""
     align: Literal["dense", "sparse"] = "dense"
-    """alignment: dense (DUSt3R global alignment); sparse arrives with MASt3R-SfM."""
+    """alignment: dense (DUSt3R global alignment) or sparse (MASt3R-SfM: matches, sparse global alignment,
+    COLMAP tracks from the matches; needs a MASt3R model)."""
     batch: int = 8
     """image pairs per network step."""
     dtype: Literal[None, "float32", "bfloat16", "float16"] = None
     """compute dtype of the network (None: the checkpoint's; bfloat16 halves memory on GPUs)."""
     alignment: Alignment = AlignOptions()
+    sparse: Sparse = SparseOptions()
     clean_depth: bool = False
     """clean the depth maps before export (the official clean_pointcloud: drop points hidden by other views)."""
     format: tuple[Format, ...] = FORMATS
@@ -168,5 +203,32 @@ class Checkpoints:
     """only this family (None: all)."""
 
 
-COMMANDS: dict[str, type] = {"reconstruct": Reconstruct, "demo": Demo, "export": Export, "view": View,
-                             "convert": Convert, "checkpoints": Checkpoints}
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """MASt3R matching of two photos: both network passes, reciprocal descriptor matching (as the sparse
+    alignment matches), and the matches drawn side by side into a PNG."""
+
+    image1: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="IMG1")]
+    """first image (jpg, png)."""
+    image2: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="IMG2")]
+    """second image (jpg, png)."""
+    model: str
+    """MASt3R checkpoint: released name, Hugging Face repo id or folder, .pth file, or orbax folder."""
+    out: str = "matches.png"
+    """the PNG to write (the two working images side by side, one line per drawn match)."""
+    max_draw: int = 200
+    """draw at most this many matches, spread evenly over the matches sorted by confidence."""
+    size: int | None = None
+    """image size for the network (long side); None: what the model was trained at."""
+    subsample: int = 8
+    """stride of the matching grid (pixels)."""
+    border: int = 3
+    """drop matches within this many pixels of an image border."""
+    dtype: Literal[None, "float32", "bfloat16", "float16"] = None
+    """compute dtype of the network."""
+    quiet: bool = False
+    """print only the summary line (and errors)."""
+
+
+COMMANDS: dict[str, type] = {"reconstruct": Reconstruct, "match": Match, "demo": Demo, "export": Export,
+                             "view": View, "convert": Convert, "checkpoints": Checkpoints}

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from f3d_jax.cli.options import (DEMO_COMMAND, SFM_LATER, AlignOptions, Checkpoints, Convert, Demo, Export,
-                                 Reconstruct, View)
+from f3d_jax.cli.options import (DEMO_COMMAND, AlignOptions, Checkpoints, Convert, Demo, Export, Match, Reconstruct,
+                                 View)
 from f3d_jax.cli.timing import StageClock
 
 RESULT_FILE = "reconstruction.npz"
@@ -87,18 +87,19 @@ def write_out_dir(out: Path, fill: Callable[[Path], Any]) -> Any:
     return box[0]
 
 
-def check_graph(graph: str, align: str = "dense") -> None:
+def check_graph(graph: str, align: str = "dense", retrieval_ok: bool = True) -> None:
+    """A bad --graph fails before any model is loaded. 'retrieval', 'retrieval-k' and 'retrieval-Na-k' take the
+    similarity matrix of the model's encoder (or of --retrieval) when the images are known."""
     from f3d_jax.infer.pairs import parse_scene_graph
+    from f3d_jax.sfm.graph import resolve_scene_graph
 
-    if align == "sparse":
-        raise CliError(f"--align sparse {SFM_LATER}; use --align dense")
     try:
-        g = parse_scene_graph(graph)
+        g = parse_scene_graph(resolve_scene_graph(graph, 2))
     except ValueError as e:
         raise CliError(f"--graph: {e}") from None
-    if g.kind == "retrieval" or graph.startswith("retrieval"):
-        raise CliError(f"--graph {graph}: the retrieval graph arrives with MASt3R-SfM (not implemented yet); use "
-                       "complete, swin-K, logwin-K or oneref-I")
+    if g.kind == "retrieval" and not retrieval_ok:
+        raise CliError(f"--graph {graph}: the retrieval graph is for f3d reconstruct (the demo's cameras are "
+                       "known); use complete, swin-K, logwin-K or oneref-I")
 
 
 def check_positive(**values: int | None) -> None:
@@ -229,6 +230,8 @@ def reconstruct(opts: Reconstruct) -> int:
     from f3d_jax.compile_cache import enable_compile_cache
 
     check_graph(opts.graph, opts.align)
+    if opts.align == "sparse":
+        return reconstruct_sparse(opts)
     check_positive(batch=opts.batch, size=opts.size, niter=opts.alignment.niter)
     config = dense_config(opts.alignment)
     paths = image_paths(opts.images)
@@ -239,7 +242,6 @@ def reconstruct(opts: Reconstruct) -> int:
 
     def fill(tmp: Path) -> tuple[dict, int, float]:
         from f3d_jax.export import reconstruction_from_alignment
-        from f3d_jax.infer.pairs import make_pairs
         from f3d_jax.infer.scene import default_image_size
         from f3d_jax.weights.loading import load_model
 
@@ -249,7 +251,8 @@ def reconstruct(opts: Reconstruct) -> int:
         size = opts.size or default_image_size(model)
         with clock.stage("load"):
             imgs = load_views(paths, size)
-            pairs = make_pairs(imgs, scene_graph=opts.graph)
+        with clock.stage("pairs"):
+            pairs = graph_pairs(imgs, model, opts)
         with clock.stage("inference"):
             output = run_inference(model, pairs, opts.batch, opts.dtype, quiet)
         with clock.stage("align"):
@@ -277,6 +280,159 @@ def reconstruct(opts: Reconstruct) -> int:
         written, n_pairs, loss = write_out_dir(out, fill)
     print(f"f3d reconstruct: {len(paths)} images, {n_pairs} pairs, final loss {loss:.4g}, {clock.line()} -> "
           f"{listing(out, written)}")
+    return 0
+
+
+def graph_pairs(imgs: list, model: Any, opts: Reconstruct) -> list:
+    """The symmetrized pairs of --graph (retrieval: on the similarity of --retrieval or the encoder features)."""
+    from f3d_jax.sfm.graph import sfm_pairs
+
+    retrieval = None
+    if opts.sparse.retrieval is not None and opts.graph.startswith("retrieval"):
+        from f3d_jax.retrieval import load_retrieval
+
+        retrieval = load_retrieval(opts.sparse.retrieval, opts.sparse.retrieval_codebook)
+    pairs, _, _ = sfm_pairs(imgs, model, opts.graph, retrieval, batch_size=opts.batch)
+    return pairs
+
+
+def check_sparse(opts: Reconstruct) -> None:
+    s = opts.sparse
+    check_positive(batch=opts.batch, size=opts.size, niter1=s.niter1, subsample=s.subsample)
+    if s.niter2 < 0:
+        raise CliError(f"--niter2 must be >= 0, got {s.niter2}")
+    for name, v in (("lr1", s.lr1), ("lr2", s.lr2), ("max-reproj-error", s.max_reproj_error)):
+        if not v > 0:
+            raise CliError(f"--{name} must be > 0, got {v}")
+    for name, v in (("retrieval", s.retrieval), ("retrieval-codebook", s.retrieval_codebook)):
+        if v is not None and not Path(v).is_file():
+            raise CliError(f"--{name} {v}: no such file")
+    if s.retrieval is not None and not opts.graph.startswith("retrieval"):
+        raise CliError(f"--retrieval is used by the retrieval graph only: add --graph retrieval (now --graph "
+                       f"{opts.graph})")
+
+
+def reconstruct_sparse(opts: Reconstruct) -> int:
+    """`f3d reconstruct --align sparse`: MASt3R-SfM (`f3d_jax.sfm`): pairs (retrieval graph for many images),
+    batched network pass streamed into the sparse alignment, tracks from the matches, every export."""
+    from f3d_jax.compile_cache import enable_compile_cache
+
+    check_sparse(opts)
+    paths = image_paths(opts.images)
+    precheck_images(paths)
+    out = check_out_dir(opts.out)
+    enable_compile_cache(replace=False)
+    quiet = opts.quiet
+    s = opts.sparse
+
+    def fill(tmp: Path):
+        from tqdm.auto import tqdm
+
+        from f3d_jax.infer.scene import default_image_size
+        from f3d_jax.sfm.pipeline import sfm_from_predictions
+        from f3d_jax.sfm.predictions import CachedEncoderEngine, PairPredictions, chunk_pairs_for
+        from f3d_jax.weights.loading import load_model
+
+        with clock.stage("model"):
+            say(quiet, f"f3d: loading {opts.model}")
+            model = load_model(opts.model)
+        if "desc" not in str(getattr(model.config, "output_mode", "")):
+            raise CliError(f"--align sparse needs a MASt3R model (descriptors); {opts.model} is a "
+                           f"{model.config.official_class}: use --align dense, or a MASt3R checkpoint such as "
+                           "naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric")
+        size = opts.size or default_image_size(model)
+        with clock.stage("load"):
+            imgs = load_views(paths, size)
+        with clock.stage("pairs"):
+            pairs = graph_pairs(imgs, model, opts)
+        n_unordered = len({frozenset((int(a["idx"]), int(b["idx"]))) for a, b in pairs})
+        with clock.stage("inference+align"):
+            engine = CachedEncoderEngine(model, opts.batch, pairs=pairs, dtype=opts.dtype)
+            bar = tqdm(total=2 * n_unordered, desc="inference", unit="pair", disable=quiet, leave=False)
+            try:
+                preds = PairPredictions(engine, pairs, chunk_pairs_for(engine, imgs), progress=bar.update)
+                res = sfm_from_predictions(
+                    imgs, pairs, preds, subsample=s.subsample, niter1=s.niter1, niter2=s.niter2, lr1=s.lr1,
+                    lr2=s.lr2, matching_conf_thr=s.matching_conf_thr, shared_intrinsics=s.shared_intrinsics,
+                    min_conf_thr=s.cloud_conf_thr, clean_depth=True, max_reproj_error=s.max_reproj_error,
+                    scene_graph=opts.graph)
+            finally:
+                bar.close()
+        recon, st = res.reconstruction, res.track_stats
+        loss = float(res.scene.loss_curve[-1]) if len(res.scene.loss_curve) else float("nan")
+        with clock.stage("export"):
+            written = write_exports(recon, tmp, opts.format, quiet)
+            recon.save(tmp / RESULT_FILE)
+            written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
+        with clock.stage("summary"):
+            pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
+            from f3d_jax.cli.summary import write_summary_png
+
+            write_summary_png(tmp / SUMMARY_FILE, recon.images, recon.cam2world, points=pts, colors=rgb,
+                              axes=(0, 2), title="f3d reconstruct --align sparse",
+                              lines=[f"{len(imgs)} images, {len(pairs)} pairs ({opts.graph}), model {opts.model}",
+                                     f"final alignment loss {loss:.4g}",
+                                     f"{st.n_points} COLMAP points, mean track length {st.mean_track_length:.2f}, "
+                                     f"reprojection error mean {st.mean_reproj_error:.2f} px",
+                                     "top view: x right, z (first camera's forward) up"])
+        return written, len(pairs), loss, st
+
+    with StageClock() as clock:
+        written, n_pairs, loss, st = write_out_dir(out, fill)
+    print(f"f3d reconstruct: {len(paths)} images, {n_pairs} pairs, sparse alignment, final loss {loss:.4g}, "
+          f"{st.n_points} points (tracks of {st.mean_track_length:.2f} views, reprojection error mean "
+          f"{st.mean_reproj_error:.2f} px at working resolution), {clock.line()} -> {listing(out, written)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# f3d match
+
+
+def match_cmd(opts: Match) -> int:
+    from f3d_jax.compile_cache import enable_compile_cache
+
+    check_positive(size=opts.size, subsample=opts.subsample)
+    if opts.max_draw < 0:
+        raise CliError(f"--max-draw must be >= 0, got {opts.max_draw}")
+    if opts.border < 0:
+        raise CliError(f"--border must be >= 0, got {opts.border}")
+    paths = [Path(os.path.abspath(p)) for p in (opts.image1, opts.image2)]
+    for p in paths:
+        if not p.is_file():
+            from f3d_jax.io.images import ImageLoadError
+
+            raise ImageLoadError(p, "no such file")
+    precheck_images(paths)
+    out = Path(os.path.abspath(opts.out))
+    if out.is_dir():
+        raise CliError(f"--out {opts.out}: is a folder (give the PNG file to write)")
+    if out.suffix.lower() != ".png":
+        raise CliError(f"--out {opts.out}: the drawing is a PNG: name the file *.png")
+    if not out.parent.is_dir():
+        raise CliError(f"--out {opts.out}: the folder {out.parent} does not exist")
+    enable_compile_cache(replace=False)
+    t0 = time.perf_counter()
+    from f3d_jax.infer.scene import default_image_size
+    from f3d_jax.sfm.match import match_images, save_matches_png
+    from f3d_jax.weights.loading import load_model
+
+    say(opts.quiet, f"f3d: loading {opts.model}")
+    model = load_model(opts.model)
+    if "desc" not in str(getattr(model.config, "output_mode", "")):
+        raise CliError(f"--model {opts.model}: a {model.config.official_class} has no descriptors to match; use "
+                       "a MASt3R checkpoint such as naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric")
+    size = opts.size or default_image_size(model)
+    m = match_images(model, str(paths[0]), str(paths[1]), size=size, subsample=opts.subsample, border=opts.border,
+                     dtype=opts.dtype)
+    try:
+        save_matches_png(m, out, opts.max_draw)
+    except OSError as e:
+        raise output_error(out, e) from None
+    drawn = min(len(m), opts.max_draw)
+    print(f"f3d match: {len(m)} matches between {paths[0].name} and {paths[1].name} "
+          f"({m.images[0].shape[1]}x{m.images[0].shape[0]} and {m.images[1].shape[1]}x{m.images[1].shape[0]} "
+          f"working pixels), {drawn} drawn, {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
 
 
@@ -326,7 +482,7 @@ def simulated_output(scene: Any, edges: np.ndarray, noise: str, seed: int) -> di
 def demo(opts: Demo) -> int:
     from f3d_jax.compile_cache import enable_compile_cache
 
-    check_graph(opts.graph)
+    check_graph(opts.graph, retrieval_ok=False)
     check_positive(views=opts.views, batch=opts.batch, size=opts.size, niter=opts.alignment.niter)
     if opts.views < 3:
         raise CliError(f"--views must be >= 3 (the poses are compared with the known ones up to a similarity), "
@@ -467,5 +623,6 @@ def checkpoints(opts: Checkpoints) -> int:
     return 0
 
 
-RUNNERS: dict[type, Callable[[Any], int]] = {Reconstruct: reconstruct, Demo: demo, Export: export_cmd, View: view,
-                                             Convert: convert, Checkpoints: checkpoints}
+RUNNERS: dict[type, Callable[[Any], int]] = {Reconstruct: reconstruct, Match: match_cmd, Demo: demo,
+                                             Export: export_cmd, View: view, Convert: convert,
+                                             Checkpoints: checkpoints}

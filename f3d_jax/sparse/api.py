@@ -150,6 +150,8 @@ def sparse_global_alignment(
         base_focals=np.asarray(problem.base_focals), names=tuple(names), subsample=int(subsample),
         root=prep.chain.root, chain_edges=prep.chain.edges,
         pair_scores=tuple((p.i, p.j, len(p.conf)) for p in prep.pair_data),
+        matches=tuple((p.i, p.j, np.asarray(p.xy_i, np.int32), np.asarray(p.xy_j, np.int32),
+                       np.asarray(p.conf, np.float32)) for p in (prep.pair_data[k] for k in cond.used_pairs)),
     )
 
 

@@ -226,6 +226,7 @@ class Condensed:
     anchors_shape: tuple[tuple[int, int], ...]  # (Hs, Ws) per image
     scores: np.ndarray  # (N, N) match counts
     depth_levels: int
+    used_pairs: tuple[int, ...] = ()  # indices into pair_data of the pairs whose matches enter the loss
 
 
 def condense(
@@ -327,4 +328,5 @@ def condense(
         fb_pt=pad(fp, F, (), np.int32), fb_cam=pad(fcam, F, (), np.int32), fb_tgt=pad(ftgt, F, (3,), np.float32),
         fb_conf=pad(fconf, F, (), np.float32),
     )
-    return Condensed(problem, tuple(n_points), tuple(point_start), tuple(shapes), scores, depth_levels)
+    used = tuple(k for k, p in enumerate(pair_data) if ok[frozenset((p.i, p.j))])
+    return Condensed(problem, tuple(n_points), tuple(point_start), tuple(shapes), scores, depth_levels, used)

@@ -65,6 +65,11 @@ class SparseScene:
     iteration, coarse then fine, before that iteration's step), `canon2` / `canon_conf` N (H, W) relative
     depth offsets and canonical confidences, `base_focals` (N,). Static: `names`, `subsample`, the
     kinematic chain `root` and `chain_edges`, `pair_scores` ((i, j, n_matches) per unordered pair).
+
+    `matches`: one (i, j, xy_i (M, 2) int32, xy_j (M, 2) int32, conf (M,) float32) per unordered pair whose
+    matches enter the loss (pairs passing `matching_conf_thr`; the others use the DUSt3R fallback and are
+    left out), each pair once as first met (i, j), at working resolution: x = column, y = row, pixel centres
+    at integers. Pixel `xy_i[m]` of image i corresponds to `xy_j[m]` of image j (the tracks of an SfM export).
     """
 
     intrinsics: np.ndarray
@@ -80,6 +85,7 @@ class SparseScene:
     root: int = dataclasses.field(metadata=dict(static=True), default=0)
     chain_edges: tuple = dataclasses.field(metadata=dict(static=True), default=())
     pair_scores: tuple = dataclasses.field(metadata=dict(static=True), default=())
+    matches: tuple = ()
 
     @property
     def focals(self) -> np.ndarray:

@@ -184,10 +184,14 @@ def test_unwritable_output_folder(inputs, tmp_path, capsys, monkeypatch):
     (["--niter", "0"], "--niter must be >= 1"),
     (["--batch", "0"], "--batch must be >= 1"),
     (["--graph", "swin-x"], "--graph"),
-    (["--graph", "retrieval-2-3"], "arrives with MASt3R-SfM"),
-    (["--align", "sparse"], "arrives with MASt3R-SfM"),
+    (["--graph", "retrieval-x"], "--graph"),
+    (["--align", "sparse"], "--align sparse needs a MASt3R model"),
+    (["--align", "sparse", "--niter1", "0"], "--niter1 must be >= 1"),
+    (["--align", "sparse", "--retrieval", "nowhere.pth", "--graph", "retrieval"], "--retrieval nowhere.pth: no such"),
+    (["--align", "sparse", "--retrieval", "{tiny}"], "add --graph retrieval"),
 ])
 def test_bad_option_values_are_one_line(inputs, tmp_path, capsys, argv, needle):
+    argv = [a.format(tiny=inputs / "tiny.pth") for a in argv]  # an existing file where one is needed
     rc = main(_reconstruct(inputs, tmp_path / "out", *argv))
     _one_line_error(capsys, 2, rc, needle)
 

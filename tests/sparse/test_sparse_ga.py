@@ -148,6 +148,25 @@ def test_full_run_accuracy_vs_ground_truth(case, full):
     assert pp_err <= official["principal_point_max_abs_err_px"]  # 3.35 vs 3.56 px
 
 
+def test_matches_field(case, full):
+    """`SparseScene.matches`: every pair's correspondences (demo threshold 0: all 6 pairs), equal to the official
+    `corres_*` sets, int32 pixels inside the image, and consistent with `pair_scores`."""
+    off = case["off"]
+    assert len(full.matches) == 6
+    counts = {(i, j): m for i, j, m in full.pair_scores}
+    for i, j, xy_i, xy_j, conf in full.matches:
+        assert xy_i.dtype == xy_j.dtype == np.int32 and conf.dtype == np.float32
+        assert xy_i.shape == xy_j.shape == (len(conf), 2) and counts[(i, j)] == len(conf)
+        for xy in (xy_i, xy_j):
+            assert xy[:, 0].min() >= 0 and xy[:, 0].max() < case["W"] and xy[:, 1].min() >= 0
+            assert xy[:, 1].max() < case["H"]
+        a, b = sorted((i, j))
+        xa, xb = (xy_i, xy_j) if i == a else (xy_j, xy_i)
+        ours = set(zip(map(tuple, xa.tolist()), map(tuple, xb.tolist())))
+        theirs = set(zip(map(tuple, off[f"corres_{a}_{b}_xy1"].tolist()), map(tuple, off[f"corres_{a}_{b}_xy2"].tolist())))
+        assert ours == theirs
+
+
 def test_dense_cloud_and_cleaning(case, full):
     off = case["off"]
     # the official final state through our dense path: same cleaned confidences up to rounding ties

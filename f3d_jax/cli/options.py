@@ -164,7 +164,7 @@ class Checkpoints:
     """List the released checkpoints: name, family, Hugging Face repo, licence (the released weights are
     CC BY-NC-SA 4.0, with the terms of their training datasets)."""
 
-    family: Literal[None, "croco", "dust3r", "mast3r", "retrieval"] = None
+    family: Literal[None, "croco", "dust3r", "mast3r", "retrieval", "stereoflow"] = None
     """only this family (None: all)."""
 
 

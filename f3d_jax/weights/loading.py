@@ -204,6 +204,9 @@ def save_model(model: Model, dst: str | os.PathLike, *, overwrite: bool = False)
     """
     from f3d_jax.io.atomic import atomic_write_text
 
+    if not isinstance(model, Model):  # f3d_model.json has no room for a stereo/flow model's task and tiling args
+        raise ValueError(f"{dst}: save_model writes DUSt3R/MASt3R/CroCo models; keep the .pth of this "
+                         f"{type(model).__name__} (CroCo-Stereo/-Flow) and load it with load_model")
     meta = json.dumps(_config_json(model.config), indent=2)
 
     def fill(tmp: Path) -> None:

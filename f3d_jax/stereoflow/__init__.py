@@ -17,6 +17,7 @@ from typing import Any
 _LAZY = {
     "tiled_pred": "f3d_jax.stereoflow.tiling",
     "predict_tiles": "f3d_jax.stereoflow.tiling",
+    "stitch_tiles": "f3d_jax.stereoflow.tiling",
     "plan_tiles": "f3d_jax.stereoflow.tiling",
     "tile_offsets": "f3d_jax.stereoflow.tiling",
     "upscaled_size": "f3d_jax.stereoflow.tiling",

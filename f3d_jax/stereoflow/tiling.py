@@ -257,6 +257,26 @@ def _tiles(model: BinocularModel, img1: Any, img2: Any, overlap: float, crop: An
     return out[:n], plan, batch
 
 
+def stitch_tiles(tiles: Any, plan: TilePlan, conf_mode: str) -> tuple[jax.Array, jax.Array]:
+    """Confidence-weighted stitching of raw tile outputs (the second half of `tiled_pred`).
+
+    Args:
+      tiles: (T, B, ch, cw, C + 1) raw outputs in the plan's order (`predict_tiles`), confidence last.
+      plan: the `TilePlan` they came from.
+      conf_mode: `conf_expsigmoid_<beta>_<beta_s>` or `conf_expbeta<beta>`.
+
+    Returns:
+      (pred, conf) as `tiled_pred`.
+    """
+    tiles = jnp.asarray(tiles)
+    if tiles.ndim != 5 or tiles.shape[0] != plan.num_tiles or tuple(tiles.shape[2:4]) != plan.crop:
+        raise ValueError(f"tiles should be ({plan.num_tiles}, B, {plan.crop[0]}, {plan.crop[1]}, C + 1), "
+                         f"got {tuple(tiles.shape)}")
+    batch = tiles.shape[1]
+    flat = jnp.moveaxis(tiles, 0, 1).reshape((-1,) + tiles.shape[2:])
+    return _stitch(flat, jnp.asarray(conf_weight_params(conf_mode)), plan, batch)
+
+
 def tiled_pred(model: BinocularModel, img1: Any, img2: Any, overlap: float = 0.7, crop: tuple[int, int] | None = None,
                conf_mode: str | None = None, *, tiles_per_step: int | None = None, shard: bool | None = None,
                precision: str | None = None) -> tuple[jax.Array, jax.Array]:

@@ -184,9 +184,9 @@ def default_tiles_per_step() -> int:
     return 1 if jax.default_backend() == "cpu" else 8
 
 
-def _devices_for(n: int, shard: bool) -> list:
+def _devices_for(shard: bool) -> list:
     devs = jax.local_devices()
-    return devs if shard and len(devs) > 1 and n > 1 else devs[:1]
+    return devs if shard and len(devs) > 1 else devs[:1]
 
 
 def predict_tiles(model: BinocularModel, img1: Any, img2: Any, overlap: float = 0.7,
@@ -237,7 +237,7 @@ def _tiles(model: BinocularModel, img1: Any, img2: Any, overlap: float, crop: An
     plan = plan_tiles(tuple(int(s) for s in img1.shape[1:3]), crop, float(overlap))
     t1, t2 = _prepare(jnp.asarray(img1), jnp.asarray(img2), plan)
     n = t1.shape[0]
-    devices = _devices_for(batch, batch > 1 if shard is None else bool(shard))
+    devices = _devices_for(batch > 1 if shard is None else bool(shard))
     d = len(devices)
     if tiles_per_step is None:
         tiles_per_step = default_tiles_per_step() * d

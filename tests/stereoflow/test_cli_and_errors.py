@@ -31,12 +31,13 @@ def _png(path: Path, arr: np.ndarray) -> str:
 @pytest.mark.parametrize("case", ["crocostereo", "crocoflow"])
 def test_cli_writes_the_official_result_and_a_picture(case, tmp_path, sf_pth, sf_npz, capsys):
     inputs, outputs = sf_npz(case, "inputs"), sf_npz(case, "outputs")
-    a = _png(tmp_path / "a.png", inputs["upscale.image1_uint8"][0])
-    b = _png(tmp_path / "b.png", inputs["upscale.image2_uint8"][0])
+    a = _png(tmp_path / "a.png", inputs["tiled.image1_uint8"][0])
+    b = _png(tmp_path / "b.png", inputs["tiled.image2_uint8"][0])
     task = case[len("croco"):]
     assert main([task, a, b, "--model", str(sf_pth(case)), "--out", str(tmp_path / "res"), "--quiet"]) == 0
-    assert f"f3d {task}: 72x56" in capsys.readouterr().out if task == "stereo" else True
-    ref = nhwc(outputs["upscale.pred"])[0]
+    h, w = inputs["tiled.image1_uint8"].shape[1:3]
+    assert f"f3d {task}: {w}x{h}" in capsys.readouterr().out
+    ref = nhwc(outputs["tiled.pred"])[0]
     if task == "stereo":
         got = read_pfm(tmp_path / "res.pfm")
         assert got.shape == ref.shape[:2]

@@ -3,8 +3,8 @@ the forward and every intermediate, per-tile outputs, tiled inference in both co
 up-resize path, the tile offsets, and the batched tiles sharded over the 8 test devices.
 
 Compilations are shared on purpose (the network is the expensive part): per case one forward of 2 pairs
-with intermediates (also used to check single tiles), one call over all tiles of two tiled images (sharded
-over the 8 test devices), one over the 2 tiles of the up-resize case (shared with the CLI test).
+with intermediates (also the 2 tiles of the up-resize case), one call over all tiles of the tiled image
+(shared with the CLI test); one sharded call over 8 tiles for the multi-image check.
 """
 
 from __future__ import annotations
@@ -100,53 +100,61 @@ def official_stitch(tiles: np.ndarray, y0, x0, crop, conf_mode: str, hw) -> tupl
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_tiled_inference_of_two_images_sharded_over_devices(case, sf_model, sf_npz):
-    """The tiled pair plus a second pair (mirrored, swapped) in one call: the tiles of both images spread
-    over the 8 test devices. Image 0 against the official results; image 1's tiles against direct calls
-    of the network and its stitching against the official loop re-written in numpy."""
-    assert jax.device_count() == 8
+def test_tiled_inference(case, sf_model, sf_npz):
+    """Per-tile outputs, offsets and the stitched result in every confidence mode of the case."""
     model, inputs, outputs = sf_model(case), sf_npz(case, "inputs"), sf_npz(case, "outputs")
-    a1, a2 = _pair(inputs, "tiled")
-    b1, b2 = a2[:, :, ::-1], a1[:, :, ::-1]
-    img1, img2 = np.concatenate([a1, b1]), np.concatenate([a2, b2])
-    tiles, plan = predict_tiles(model, img1, img2, overlap=0.7)
+    img1, img2 = _pair(inputs, "tiled")
+    tiles, plan = predict_tiles(model, img1, img2, overlap=0.7)  # the CLI test's compilation
     np.testing.assert_array_equal(plan.y0, inputs["tiled.tile_y0"])
     np.testing.assert_array_equal(plan.x0, inputs["tiled.tile_x0"])
-    assert plan.resized_from is None and tiles.shape[:2] == (plan.num_tiles, 2)
-    assert_head_close(tiles[:, :1], nhwc(outputs["tiled.tile_outputs"]), "tile outputs")
-    ch, cw = plan.crop
-    first, last = plan.offsets[0], plan.offsets[-1]
-    direct = model(np.stack([b1[0, first[0]:first[0] + ch, first[1]:first[1] + cw],
-                             b1[0, last[0]:last[0] + ch, last[1]:last[1] + cw]]),
-                   np.stack([b2[0, first[0]:first[0] + ch, first[1]:first[1] + cw],
-                             b2[0, last[0]:last[0] + ch, last[1]:last[1] + cw]]),
-                   return_intermediates=True)[0]  # the forward test's compilation (2 pairs)
-    assert_head_close(tiles[np.array([0, -1]), 1], direct, "image 1 tiles")
+    assert plan.resized_from is None and tiles.shape[:2] == (plan.num_tiles, 1)
+    assert_head_close(tiles, nhwc(outputs["tiled.tile_outputs"]), "tile outputs")
     modes = [model.tile_conf_mode] + [k[len("tiled_"):-len(".pred")] for k in outputs
                                       if k.startswith("tiled_conf") and k.endswith(".pred")]
     assert len(modes) == (2 if case == "crocostereo" else 1)  # conf_expbeta3 variant for the stereo case
     for mode in modes:
         prefix = "tiled" if mode == model.tile_conf_mode else f"tiled_{mode}"
         pred, conf = stitch_tiles(tiles, plan, mode)
-        assert_head_close(pred[:1], nhwc(outputs[f"{prefix}.pred"]), f"{mode} pred")
-        assert_head_close(conf[:1], outputs[f"{prefix}.conf"], f"{mode} conf")
+        assert_head_close(pred, nhwc(outputs[f"{prefix}.pred"]), f"{mode} pred")
+        assert_head_close(conf, outputs[f"{prefix}.conf"], f"{mode} conf")
         ref_pred, ref_conf = official_stitch(np.asarray(tiles), plan.y0, plan.x0, plan.crop, mode, plan.hw)
         assert_head_close(pred, ref_pred, f"{mode} pred, numpy loop")
         assert_head_close(conf, ref_conf, f"{mode} conf, numpy loop")
-    assert not np.allclose(np.asarray(pred[0]), np.asarray(pred[1]))
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_images_smaller_than_the_crop(case, sf_model, sf_npz):
-    """The up-resize path through the one-call API (the checkpoint's crop and tile_conf_mode by default)."""
+    """The up-resize path: PyTorch-exact bicubic resize of the pair, tiles, stitching, resize back with the values
+    rescaled. Its 2 tiles go through the forward test's compilation (2 pairs)."""
+    from f3d_jax.stereoflow.tiling import _prepare, plan_tiles
+
     model, inputs, outputs = sf_model(case), sf_npz(case, "inputs"), sf_npz(case, "outputs")
     img1, img2 = _pair(inputs, "upscale")
-    tiles, plan = predict_tiles(model, img1, img2, overlap=0.7)
+    plan = plan_tiles(img1.shape[1:3], model.crop, 0.7)
     assert plan.hw == tuple(inputs["upscale.resized_hw"]) and plan.resized_from == img1.shape[1:3]
     np.testing.assert_array_equal(plan.y0, inputs["upscale.tile_y0"])
     np.testing.assert_array_equal(plan.x0, inputs["upscale.tile_x0"])
+    t1, t2 = _prepare(img1, img2, plan)
+    tiles = model(t1, t2, return_intermediates=True)[0][:, None]
     assert_head_close(tiles, nhwc(outputs["upscale.tile_outputs"]), "tiles of the bicubic-resized pair")
-    pred, conf = tiled_pred(model, img1, img2, overlap=0.7)
+    pred, conf = stitch_tiles(tiles, plan, model.tile_conf_mode)
     assert pred.shape[1:3] == img1.shape[1:3] and conf.shape[1:] == plan.hw  # conf stays at the resized size
     assert_head_close(pred, nhwc(outputs["upscale.pred"]), "pred resized back, values rescaled")
     assert_head_close(conf, outputs["upscale.conf"])
+
+
+def test_many_images_sharded_over_devices(sf_model, sf_npz):
+    """Two pairs in one call (the one-call API: the checkpoint's crop and conf mode), their 4 tiles padded to 8
+    and spread over the 8 test devices: image 0 gives the official result, image 1 (another pair) its own."""
+    assert jax.device_count() == 8
+    model, inputs, outputs = sf_model("crocostereo"), sf_npz("crocostereo", "inputs"), sf_npz("crocostereo", "outputs")
+    a1, a2 = _pair(inputs, "upscale")
+    b1, b2 = a2[:, :, ::-1], a1[:, :, ::-1]  # another pair: mirrored and swapped
+    pred, conf = tiled_pred(model, np.concatenate([a1, b1]), np.concatenate([a2, b2]), overlap=0.7)
+    assert_head_close(pred[:1], nhwc(outputs["upscale.pred"]))
+    assert_head_close(conf[:1], outputs["upscale.conf"])
+    tiles_b, plan = predict_tiles(model, b1, b2, overlap=0.7, shard=True, tiles_per_step=8)  # the same program
+    pred_b, conf_b = stitch_tiles(tiles_b, plan, model.tile_conf_mode)
+    np.testing.assert_allclose(np.asarray(pred[1:]), np.asarray(pred_b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(conf[1:]), np.asarray(conf_b), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(pred[0]), np.asarray(pred[1]), atol=1e-3)

@@ -168,3 +168,11 @@ def test_pictures():
     d = disparity_to_rgb(np.linspace(0, 10, 100).reshape(10, 10))
     lum = d.astype(float).sum(-1).ravel()
     assert np.all(np.diff(lum) >= -1) and lum[-1] > lum[0] + 500  # brighter = larger disparity (nearer)
+
+
+def test_public_names():
+    import f3d_jax.stereoflow.tiling as tiling
+
+    assert f3d_jax.stereoflow.tiled_pred is tiling.tiled_pred  # reachable from `import f3d_jax` alone
+    assert f3d_jax.stereoflow.CroCoDownstreamBinocular.__name__ == "CroCoDownstreamBinocular"
+    assert "stereoflow" in dir(f3d_jax) and set(f3d_jax.stereoflow.__all__) <= set(dir(f3d_jax.stereoflow))

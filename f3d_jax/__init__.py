@@ -44,11 +44,17 @@ _LAZY = {
 enable_by_default()
 
 
+# subpackages reachable as attributes without their own import (`f3d_jax.stereoflow.tiled_pred(...)`)
+_LAZY_SUBPACKAGES = ("stereoflow",)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'f3d_jax' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + list(_LAZY_SUBPACKAGES))

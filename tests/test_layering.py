@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     # MASt3R-SfM sits on top of everything but the CLI
     "sfm": {"nn", "geometry", "io", "models", "weights", "eval", "align", "matching", "sparse", "infer", "export",
             "retrieval"},
+    "stereoflow": {"nn", "models", "weights", "io"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

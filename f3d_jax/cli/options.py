@@ -199,7 +199,7 @@ class Checkpoints:
     """List the released checkpoints: name, family, Hugging Face repo, licence (the released weights are
     CC BY-NC-SA 4.0, with the terms of their training datasets)."""
 
-    family: Literal[None, "croco", "dust3r", "mast3r", "retrieval"] = None
+    family: Literal[None, "croco", "dust3r", "mast3r", "retrieval", "stereoflow"] = None
     """only this family (None: all)."""
 
 
@@ -230,5 +230,52 @@ class Match:
     """print only the summary line (and errors)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Stereo:
+    """CroCo-Stereo on a rectified pair: tiled inference (the official tiled_pred) writes the disparity of LEFT
+    (.pfm or .npy, in pixels) and a colour-mapped picture of it (.png)."""
+
+    left: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="LEFT")]
+    """left image (jpg, png)."""
+    right: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RIGHT")]
+    """right image, the same size as LEFT."""
+    model: str
+    """CroCo-Stereo checkpoint (.pth, e.g. crocostereo.pth; f3d checkpoints --family stereoflow lists them)."""
+    out: str = "disparity"
+    """output path without extension: writes OUT.pfm (or OUT.npy) and OUT.png."""
+    format: Literal["pfm", "npy"] = "pfm"
+    """raw disparity format (.pfm: the benchmarks' format; .npy: numpy float32 (H, W))."""
+    overlap: float = 0.7
+    """overlap of the tiles, in [0, 1) (test.py's default; the official submissions use 0.9)."""
+    conf_mode: str | None = None
+    """tile weighting, conf_expsigmoid_<beta>_<betasigmoid> or conf_expbeta<beta> (None: the checkpoint's)."""
+    quiet: bool = False
+    """print only the summary line (and errors)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Flow:
+    """CroCo-Flow on two frames: tiled inference (the official tiled_pred) writes the optical flow from IMG1 to
+    IMG2 (.flo or .npy, x then y, in pixels) and its colour-wheel picture (.png)."""
+
+    img1: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="IMG1")]
+    """first frame (jpg, png)."""
+    img2: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="IMG2")]
+    """second frame, the same size as IMG1."""
+    model: str
+    """CroCo-Flow checkpoint (.pth, e.g. crocoflow.pth; f3d checkpoints --family stereoflow lists them)."""
+    out: str = "flow"
+    """output path without extension: writes OUT.flo (or OUT.npy) and OUT.png."""
+    format: Literal["flo", "npy"] = "flo"
+    """raw flow format (.flo: the Middlebury format benchmarks use; .npy: numpy float32 (H, W, 2))."""
+    overlap: float = 0.7
+    """overlap of the tiles, in [0, 1) (test.py's default; the official submissions use 0.9)."""
+    conf_mode: str | None = None
+    """tile weighting, conf_expsigmoid_<beta>_<betasigmoid> or conf_expbeta<beta> (None: the checkpoint's)."""
+    quiet: bool = False
+    """print only the summary line (and errors)."""
+
+
 COMMANDS: dict[str, type] = {"reconstruct": Reconstruct, "match": Match, "demo": Demo, "export": Export,
-                             "view": View, "convert": Convert, "checkpoints": Checkpoints}
+                             "view": View, "convert": Convert, "checkpoints": Checkpoints, "stereo": Stereo,
+                             "flow": Flow}

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from f3d_jax.cli.options import (DEMO_COMMAND, AlignOptions, Checkpoints, Convert, Demo, Export, Match, Reconstruct,
-                                 View)
+from f3d_jax.cli.options import (DEMO_COMMAND, AlignOptions, Checkpoints, Convert, Demo, Export, Flow, Match,
+                                 Reconstruct, Stereo, View)
 from f3d_jax.cli.timing import StageClock
 
 RESULT_FILE = "reconstruction.npz"
@@ -623,6 +623,12 @@ def checkpoints(opts: Checkpoints) -> int:
     return 0
 
 
+def stereo_or_flow(opts: Stereo | Flow) -> int:
+    from f3d_jax.cli.stereoflow import run_stereo_or_flow
+
+    return run_stereo_or_flow(opts)
+
+
 RUNNERS: dict[type, Callable[[Any], int]] = {Reconstruct: reconstruct, Match: match_cmd, Demo: demo,
                                              Export: export_cmd, View: view, Convert: convert,
-                                             Checkpoints: checkpoints}
+                                             Checkpoints: checkpoints, Stereo: stereo_or_flow, Flow: stereo_or_flow}

@@ -178,7 +178,9 @@ class Scratch(nnx.Module):
 class DPTAdapter(nnx.Module):
     """`DPTOutputAdapter_fix`: four hooked token layers -> multi-scale maps -> fused full-resolution output."""
 
-    def __init__(self, dim_tokens: Sequence[int], hooks: Sequence[int], num_channels: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim_tokens: Sequence[int], hooks: Sequence[int], num_channels: int, *,
+                 last_dim: int = DPT_LAST_DIM, rngs: nnx.Rngs):
+        # last_dim: width of the output head's hidden conv (128 in DUSt3R/MASt3R, 32 in CroCo's downstream DPT)
         self.hooks = tuple(hooks)
         ld = DPT_LAYER_DIMS
         self.act_postprocess = nnx.List([
@@ -192,8 +194,8 @@ class DPTAdapter(nnx.Module):
         # torch nn.Sequential indices 0, 2, 4 (1 = bilinear x2, 3 = ReLU have no weights)
         self.head = nnx.Dict({
             "0": Conv(DPT_FEATURE_DIM, DPT_FEATURE_DIM // 2, 3, padding=1, rngs=rngs),
-            "2": Conv(DPT_FEATURE_DIM // 2, DPT_LAST_DIM, 3, padding=1, rngs=rngs),
-            "4": Conv(DPT_LAST_DIM, num_channels, 1, rngs=rngs),
+            "2": Conv(DPT_FEATURE_DIM // 2, last_dim, 3, padding=1, rngs=rngs),
+            "4": Conv(last_dim, num_channels, 1, rngs=rngs),
         })
 
     def __call__(self, decout: Sequence[jax.Array], hw: tuple[int, int], inter: Inter = None,

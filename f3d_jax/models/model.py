@@ -32,6 +32,11 @@ from f3d_jax.nn.precision import check_precision, matmul_precision
 
 def build_module(config: CroCoConfig, rngs: nnx.Rngs) -> nnx.Module:
     """The NNX module of a config. Use `abstract_module` to load weights (never random-init)."""
+    from f3d_jax.models.binocular import CroCoDownstreamConfig
+
+    if isinstance(config, CroCoDownstreamConfig):  # CroCo-Stereo / CroCo-Flow
+        from f3d_jax.models.binocular import build_binocular
+        return build_binocular(config, rngs)
     if isinstance(config, DUSt3RConfig):
         from f3d_jax.models.dust3r import AsymmetricCroCo3DStereo
         return AsymmetricCroCo3DStereo(config, rngs=rngs)

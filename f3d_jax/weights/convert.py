@@ -32,6 +32,10 @@ Path = tuple[str | int, ...]
 
 # The DPT scratch convs are registered twice by the official code: `layer{k+1}_rn` is `layer_rn.{k}`.
 _ALIAS = re.compile(r"^(.*\.scratch\.)layer([1-4])_rn\.weight$")
+# CroCo's own DPT adapter (CroCo-Stereo / -Flow) also keeps `act_{k+1}_postprocess` beside `act_postprocess.{k}`
+# (DUSt3R's `DPTOutputAdapter_fix` deletes them).
+_ACT_ALIAS = re.compile(r"^(.*\.dpt\.)act_([1-4])_postprocess\.([0-9])\.(weight|bias)$")
+_ACT_TWIN = re.compile(r"^(.*\.dpt\.)act_postprocess\.([0-3])\.([0-9])\.(weight|bias)$")
 
 
 def abstract_model(config: CroCoConfig) -> tuple[nnx.GraphDef, dict, dict[str, tuple[Path, str]]]:
@@ -104,6 +108,23 @@ _TWIN = re.compile(r"^(.*\.scratch\.)layer_rn\.([0-3])\.weight$")
 _BLOCK = re.compile(r"^(enc_blocks|dec_blocks|dec_blocks2)\.([0-9]{1,9})\.")
 
 
+def _keeps_act_aliases(config: CroCoConfig) -> bool:
+    from f3d_jax.models.binocular import CroCoDownstreamConfig
+
+    return isinstance(config, CroCoDownstreamConfig)
+
+
+def _aliases(config: CroCoConfig, key: str) -> list[str]:
+    """The other names the official state dict stores the tensor of the canonical `key` under."""
+    m = _TWIN.match(key)
+    if m:
+        return [f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"]
+    m = _ACT_TWIN.match(key)
+    if m and _keeps_act_aliases(config):
+        return [f"{m.group(1)}act_{int(m.group(2)) + 1}_postprocess.{m.group(3)}.{m.group(4)}"]
+    return []
+
+
 def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     axes = _TORCH_AXES.get(kind)
     return tuple(shape) if axes is None else tuple(shape[i] for i in axes)
@@ -119,9 +140,8 @@ def expected_torch_shapes(config: CroCoConfig) -> dict[str, tuple[int, ...]]:
     out = {}
     for key, (path, kind) in table.items():
         out[key] = _torch_shape(leaves[path].shape, kind)
-        m = _TWIN.match(key)
-        if m:
-            out[f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"] = out[key]
+        for alias in _aliases(config, key):
+            out[alias] = out[key]
     return out
 
 
@@ -172,6 +192,8 @@ def reduced_config(config: CroCoConfig) -> CroCoConfig:
     so one encoder block and one decoder block (10 for the DPT heads, which need dec_depth > 9)
     cover them. Building it abstractly is cheap whatever the claimed depth.
     """
+    if hasattr(config, "reduced"):  # CroCo-Stereo / -Flow: the decoder depth picks the DPT hooks
+        return config.reduced()
     dec = 10 if getattr(config, "head_type", "linear") != "linear" else 1
     return config.replace(enc_depth=1, dec_depth=min(config.dec_depth, dec))
 
@@ -265,20 +287,20 @@ def check_state_dict(config: CroCoConfig, state_dict: Mapping[str, Any], source:
             misshaped.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {want[key]}")
     missing = sorted(set(want) - set(state_dict))
     # a DPT scratch conv is stored under one of its two names (safetensors drops the alias)
-    missing = [k for k in missing if not (_ALIAS.match(k) and _canonical(k) in state_dict)
-               and not (_TWIN.match(k) and _alias_of(k) in state_dict)]
+    # (CroCo's DPT also stores its act_postprocess convs twice)
+    missing = [k for k in missing if not any(n in state_dict for n in [_canonical(k), *_aliases(config, _canonical(k))])]
     if missing or unexpected or misshaped:
         raise _mismatch_error(config, source, missing, unexpected, misshaped)
 
 
 def _canonical(key: str) -> str:
     alias = _ALIAS.match(key)
-    return f"{alias.group(1)}layer_rn.{int(alias.group(2)) - 1}.weight" if alias else key
-
-
-def _alias_of(key: str) -> str:
-    m = _TWIN.match(key)
-    return f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"
+    if alias:
+        return f"{alias.group(1)}layer_rn.{int(alias.group(2)) - 1}.weight"
+    act = _ACT_ALIAS.match(key)
+    if act:
+        return f"{act.group(1)}act_postprocess.{int(act.group(2)) - 1}.{act.group(3)}.{act.group(4)}"
+    return key
 
 
 def convert_state_dict(config: CroCoConfig, state_dict: Mapping[str, np.ndarray], source: Any = None,
@@ -328,9 +350,8 @@ def params_to_state_dict(config: CroCoConfig, params: Mapping) -> dict[str, np.n
     out = {}
     for key, (path, kind) in table.items():
         out[key] = _TO_TORCH[kind](np.asarray(leaves[path]))
-        m = _TWIN.match(key)
-        if m:
-            out[f"{m.group(1)}layer{int(m.group(2)) + 1}_rn.weight"] = out[key]
+        for alias in _aliases(config, key):
+            out[alias] = out[key]
     return out
 
 

@@ -63,8 +63,8 @@ def _looks_like_repo_id(s: str) -> bool:
 
 
 def load_model(src: str | os.PathLike, *, landscape_only: bool = False, dtype: Any = None,
-               revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Model:
-    """Load a CroCo / DUSt3R / MASt3R model.
+               revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Any:
+    """Load a CroCo / DUSt3R / MASt3R model, or a CroCo-Stereo / CroCo-Flow model.
 
     Args:
       src: a `.pth` file (official `torch.save` checkpoint), a Hugging Face folder (`config.json`
@@ -79,7 +79,9 @@ def load_model(src: str | os.PathLike, *, landscape_only: bool = False, dtype: A
       revision, cache_dir: for Hugging Face repo ids.
 
     Returns:
-      `Model(config, params)`.
+      `Model(config, params)`; for a CroCo-Stereo / -Flow `.pth` (`{'model', 'args'}` with `args.task`,
+      `args.crop`, `args.croco_args`, `args.criterion`, `args.tile_conf_mode`) a
+      `f3d_jax.models.binocular.BinocularModel`: `model(img1, img2)` -> (B, H, W, C + 1) raw outputs.
 
     Raises:
       CheckpointError: unreadable, malformed or hostile source, unsupported configuration, or a
@@ -103,7 +105,7 @@ def _source_name(src: Any) -> str:
         return brief(src)
 
 
-def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cache_dir: Any) -> Model:
+def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cache_dir: Any) -> Any:
     if not isinstance(src, str | os.PathLike):
         raise CheckpointError(brief(src), f"expected a path, repo id or checkpoint name, got {type(src).__name__}")
     path = Path(src)
@@ -135,6 +137,10 @@ def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cach
         ckpt = read_pth(path)
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
             raise CheckpointError(path, "not an official checkpoint: no 'model' state dict at the top level")
+        from f3d_jax.weights.stereoflow_args import is_stereoflow_checkpoint
+
+        if is_stereoflow_checkpoint(ckpt):
+            return _load_stereoflow(ckpt, path, dtype)
         class_name, kwargs = checkpoint_constructor(ckpt, path)
         config = _orientation(_config(class_name, kwargs, path), landscape_only)
         return Model(config, convert_state_dict(config, ckpt["model"], path, dtype, consume=True))
@@ -154,6 +160,16 @@ def _load(src: Any, landscape_only: bool, dtype: Any, revision: str | None, cach
         return _load(folder, landscape_only, dtype, None, None)
     raise CheckpointError(src, "no such file or directory (nor a Hugging Face repo id 'org/name' "
                                "or a released checkpoint name)")
+
+
+def _load_stereoflow(ckpt: dict[str, Any], path: Path, dtype: Any) -> Any:
+    """A CroCo-Stereo / CroCo-Flow `.pth` (`{'model', 'args'}`) -> `BinocularModel`."""
+    from f3d_jax.models.binocular import BinocularModel
+    from f3d_jax.weights.stereoflow_args import stereoflow_settings
+
+    config, tile_conf_mode, criterion = stereoflow_settings(ckpt, path)
+    params = convert_state_dict(config, ckpt["model"], path, dtype, consume=True)
+    return BinocularModel(config, params, tile_conf_mode=tile_conf_mode, criterion=criterion)
 
 
 def _config_json(config: CroCoConfig) -> dict[str, Any]:
@@ -188,6 +204,9 @@ def save_model(model: Model, dst: str | os.PathLike, *, overwrite: bool = False)
     """
     from f3d_jax.io.atomic import atomic_write_text
 
+    if not isinstance(model, Model):  # f3d_model.json has no room for a stereo/flow model's task and tiling args
+        raise ValueError(f"{dst}: save_model writes DUSt3R/MASt3R/CroCo models; keep the .pth of this "
+                         f"{type(model).__name__} (CroCo-Stereo/-Flow) and load it with load_model")
     meta = json.dumps(_config_json(model.config), indent=2)
 
     def fill(tmp: Path) -> None:

@@ -1,8 +1,8 @@
 """Registry of every checkpoint Naver released for CroCo, DUSt3R and MASt3R.
 
-Mirrors the download tables of the official READMEs (naver/croco `README.MD`, naver/dust3r and
-naver/mast3r `README.md`, "Checkpoints" and "Our Hyperparameters") and the Hugging Face repos the
-demos load with `from_pretrained("naver/<name>")`. Constructor strings are the training form
+Mirrors the download tables of the official READMEs (naver/croco `README.MD` and `stereoflow/README.MD`,
+naver/dust3r and naver/mast3r `README.md`, "Checkpoints" and "Our Hyperparameters") and the Hugging Face
+repos the demos load with `from_pretrained("naver/<name>")`. Constructor strings are the training form
 stored in each file's `args.model` (or its `croco_kwargs`); `inference_kwargs` applies the rewrite
 of the official `load_model`. Nothing here downloads anything.
 """
@@ -35,9 +35,9 @@ class CheckpointInfo:
 
     Attributes:
         name: official model name (the file stem), e.g. `DUSt3R_ViTLarge_BaseDecoder_512_dpt`.
-        family: `croco`, `dust3r`, `mast3r` or `retrieval`.
-        class_name: official class (`CroCoNet`, `AsymmetricCroCo3DStereo`, `AsymmetricMASt3R`);
-            None for the retrieval model, which is not a standalone network.
+        family: `croco`, `dust3r`, `mast3r`, `retrieval` or `stereoflow` (CroCo-Stereo / CroCo-Flow).
+        class_name: official class (`CroCoNet`, `AsymmetricCroCo3DStereo`, `AsymmetricMASt3R`,
+            `CroCoDownstreamBinocular`); None for the retrieval model, which is not a standalone network.
         constructor: the training-time constructor string (as in the file's `args.model`); None
             for the retrieval model, whose args are not published.
         files: file names of the download (weights first; the retrieval model adds its codebook).
@@ -50,6 +50,8 @@ class CheckpointInfo:
         backbone: for the retrieval model, the checkpoint whose encoder it runs on.
         kwargs_inferred: the exact kwargs are not published (CroCo v2 base/small), inferred from
             the README table.
+        stereoflow: for CroCo-Stereo / -Flow, the `args` test.py reads: `task`, `crop`, `criterion`,
+            `tile_conf_mode` and `croco_args` (a tuple of (name, value) pairs).
     """
 
     name: str
@@ -65,10 +67,22 @@ class CheckpointInfo:
     training_resolutions: tuple[tuple[int, int], ...] = ()
     backbone: str | None = None
     kwargs_inferred: bool = False
+    stereoflow: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def args(self) -> MappingProxyType[str, Any]:
+        """CroCo-Stereo / -Flow: the checkpoint `args` test.py reads (croco_args as a dict); else empty."""
+        out = dict(self.stereoflow)
+        if "croco_args" in out:
+            out["croco_args"] = dict(out["croco_args"])
+        return MappingProxyType(out)
 
     @property
     def kwargs(self) -> MappingProxyType[str, Any]:
-        """Training-time constructor kwargs (read-only), parsed from `constructor`."""
+        """Training-time constructor kwargs (read-only), parsed from `constructor`; for CroCo-Stereo / -Flow
+        the backbone's `croco_args`."""
+        if self.family == "stereoflow":
+            return MappingProxyType(dict(dict(self.stereoflow)["croco_args"]))
         if self.constructor is None:
             return MappingProxyType({})
         return MappingProxyType(parse_constructor(self.constructor)[1])
@@ -78,6 +92,8 @@ class CheckpointInfo:
         """Kwargs of the model the official `load_model` / `from_pretrained` builds."""
         if self.class_name is None:
             return MappingProxyType({})
+        if self.family == "stereoflow":  # test.py builds the model from croco_args as stored
+            return self.kwargs
         return MappingProxyType(official_load_model_rewrite(self.class_name, self.kwargs))
 
     @property
@@ -125,6 +141,46 @@ def _dust3r_like(name: str, family: str, constructor: str, resolutions: tuple[tu
     )
 
 
+def _stereoflow(name: str, task: str, backbone: str, crop: tuple[int, int] | None = None,
+                criterion: str | None = None, tile_conf_mode: str | None = None) -> CheckpointInfo:
+    """A CroCo-Stereo / CroCo-Flow release (croco/stereoflow/README.MD; train.py defaults for what its
+    training command does not set)."""
+    stereo = task == "stereo"
+    crop = crop or ((352, 704) if stereo else (320, 384))
+    croco = dict(_STEREOFLOW_BACKBONES[backbone], img_size=crop)
+    args = (("task", task), ("crop", crop),
+            ("criterion", criterion or ("LaplacianLossBounded2()" if stereo else "LaplacianLossBounded()")),
+            ("tile_conf_mode", tile_conf_mode or ("conf_expsigmoid_15_3" if stereo else "conf_expsigmoid_10_5")),
+            ("croco_args", tuple(croco.items())))
+    return CheckpointInfo(
+        name=name,
+        family="stereoflow",
+        class_name="CroCoDownstreamBinocular",
+        constructor=None,
+        files=(f"{name}.pth",),
+        urls=(f"{_CROCO_URL}StereoFlow_models/{name}.pth",),
+        hf_repo=None,
+        license=_LICENSE,
+        license_note=_DATASETS_NOTE,
+        pth_format=_STEREOFLOW_PTH,
+        training_resolutions=(crop,),
+        backbone=backbone,
+        kwargs_inferred=backbone != "CroCo_V2_ViTLarge_BaseDecoder",
+        stereoflow=args,
+    )
+
+
+_STEREOFLOW_PTH = ("{'model': state_dict, 'args': argparse.Namespace(task, crop, criterion, tile_conf_mode, croco_args, "
+                   "... every train.py argument)} (may also hold optimizer/scaler/epoch entries, ignored)")
+# croco_args of the CroCo v2 backbones the stereo/flow models were fine-tuned from (croco_args_from_ckpt);
+# the ViT-Base ones are inferred from the CroCo README (their croco_kwargs are not published)
+_STEREOFLOW_BACKBONES: dict[str, dict[str, Any]] = {
+    "CroCo_V2_ViTLarge_BaseDecoder": {"enc_embed_dim": 1024, "enc_depth": 24, "enc_num_heads": 16,
+                                      "dec_embed_dim": 768, "dec_num_heads": 12, "dec_depth": 12,
+                                      "pos_embed": "RoPE100"},
+    "CroCo_V2_ViTBase_BaseDecoder": {"dec_embed_dim": 768, "dec_num_heads": 12, "dec_depth": 12, "pos_embed": "RoPE100"},
+    "CroCo_V2_ViTBase_SmallDecoder": {"pos_embed": "RoPE100"},
+}
 _V2 = "{'model': state_dict, 'croco_kwargs': {...}} (CroCo v2 release)"
 _VITL_BASEDEC = "enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12, dec_num_heads=12"
 _DUST3R_MODES = "output_mode='pts3d', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf)"
@@ -194,6 +250,22 @@ _ENTRIES: tuple[CheckpointInfo, ...] = (
         backbone="MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
         kwargs_inferred=True,
     ),
+)
+
+_VITL, _VITB_BASE, _VITB_SMALL = "CroCo_V2_ViTLarge_BaseDecoder", "CroCo_V2_ViTBase_BaseDecoder", "CroCo_V2_ViTBase_SmallDecoder"
+_ENTRIES += (
+    _stereoflow("crocostereo", "stereo", _VITL),
+    _stereoflow("crocostereo_subtrain", "stereo", _VITL),
+    _stereoflow("crocostereo_eth3d", "stereo", _VITL, criterion="LaplacianLoss()", tile_conf_mode="conf_expbeta3"),
+    _stereoflow("crocostereo_finetune_kitti", "stereo", _VITL, crop=(352, 1216)),
+    _stereoflow("crocostereo_finetune_spring", "stereo", _VITL),
+    _stereoflow("crocostereo_subtrain_vitb_smalldecoder", "stereo", _VITB_SMALL),
+    _stereoflow("crocostereo_subtrain_vitb_basedecoder", "stereo", _VITB_BASE),
+    _stereoflow("crocoflow", "flow", _VITL),
+    _stereoflow("crocoflow_finetune_kitti", "flow", _VITL, crop=(352, 1216)),
+    _stereoflow("crocoflow_finetune_spring", "flow", _VITL),
+    _stereoflow("crocoflow_vitb_smalldecoder", "flow", _VITB_SMALL),
+    _stereoflow("crocoflow_vitb_basedecoder", "flow", _VITB_BASE),
 )
 
 _REGISTRY: dict[str, CheckpointInfo] = {e.name: e for e in _ENTRIES}

@@ -1,0 +1,254 @@
+"""Tiled CroCo-Stereo inference: f3d-jax `f3d_jax.stereoflow.tiled_pred` vs the official `stereoflow.engine.tiled_pred`.
+
+Full-size CroCo-Stereo (ViT-L/16 encoder 1024/24/16, ViT-B decoder 768/12/12, RoPE100, DPT head; the released
+`crocostereo.pth` architecture) with seeded random weights, crop 352x704, `conf_expsigmoid_15_3`, overlap 0.7, on a
+random 1080x1920 pair (56 tiles). Reported: tiles, tiles/s and seconds per image (steady state: compiled
+beforehand), compile time, peak memory (CPU: the process's peak RSS; GPU: the device's peak bytes in use).
+
+When `F3D_REFERENCE_ROOT` (a folder with the official `croco/` checkout and, optionally, its `venv/`) is set, the
+official `tiled_pred` (one network call per tile) runs on the same input with the same weights in a worker
+process (`$F3D_REFERENCE_ROOT/venv/bin/python` when present; torch on the same device), and the same-run speed
+ratio and the largest difference of the predictions are printed.
+
+The machine may be too slow for a whole 1080p image twice: `--size H W` takes a smaller image (the throughput in
+tiles/s is what compares; seconds per 1080p image are then extrapolated from it and said so), `--official-tiles K`
+times the official loop on its first K tiles only.
+
+    python experiments/bench_stereoflow.py                        # 1080p, both implementations
+    python experiments/bench_stereoflow.py --size 352 1056 --official-tiles 3
+    python experiments/bench_stereoflow.py --tiny                 # smoke test (small backbone)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FULL_1080P = (1080, 1920)
+CROP = (352, 704)
+CONF_MODE = "conf_expsigmoid_15_3"
+VITL = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_num_heads=12, dec_depth=12,
+            pos_embed="RoPE100")
+TINY = dict(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=48, dec_num_heads=4, dec_depth=8,
+            pos_embed="RoPE100")
+_ALIAS = [(re.compile(r"\.act_([1-4])_postprocess\."), lambda m: f".act_postprocess.{int(m.group(1)) - 1}."),
+          (re.compile(r"\.layer([1-4])_rn\."), lambda m: f".layer_rn.{int(m.group(1)) - 1}.")]
+
+
+def _canonical(key: str) -> str:
+    for pat, rep in _ALIAS:
+        key = pat.sub(rep, key)
+    return key
+
+
+def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random official state dict, the same in both processes (numpy only): weights ~ N(0, 1/fan_in) from
+    windows of one Gaussian pool at offsets drawn from the key's name, biases 0, LayerNorm weights 1. Both names
+    of a shared tensor get the same array."""
+    pool = np.random.default_rng(seed).standard_normal(1 << 22, dtype=np.float32)
+    out = {}
+    for key, shape in shapes.items():
+        canon = _canonical(key)
+        leaf = canon.rsplit(".", 1)[-1]
+        n = math.prod(shape)
+        if leaf == "bias" or len(shape) < 2:
+            norm = ("norm" in canon) and leaf == "weight"
+            out[key] = np.ones(shape, np.float32) if norm else np.zeros(shape, np.float32)
+            continue
+        transposed = ".act_postprocess.0.1." in canon or ".act_postprocess.1.1." in canon  # ConvTranspose (in, out, k, k)
+        fan_in = n // shape[1] if transposed else n // shape[0]
+        off = int.from_bytes(canon.encode()[-8:].rjust(8, b"\0"), "little") % pool.size
+        w = np.resize(np.roll(pool, off), n).reshape(shape) * np.float32(1 / math.sqrt(fan_in))
+        out[key] = w.astype(np.float32)
+    return out
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def official_worker(npz: str) -> None:
+    """`--worker-official NPZ`: the official tiled_pred (torch only) on the pair and settings saved in NPZ; prints
+    one JSON line and saves the prediction next to NPZ."""
+    import torch
+
+    root = Path(os.environ["F3D_REFERENCE_ROOT"])
+    sys.path.insert(0, str(root / "croco"))
+    from models.croco_downstream import CroCoDownstreamBinocular
+    from models.head_downstream import PixelwiseTaskWithDPT
+    from stereoflow import engine
+
+    d = np.load(npz)
+    meta = json.loads(str(d["meta"]))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    head = PixelwiseTaskWithDPT()
+    head.num_channels = 2
+    croco_args = {**meta["croco_args"], "img_size": tuple(meta["crop"])}
+    net = CroCoDownstreamBinocular(head, **croco_args).eval()
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(shapes, meta["seed"]).items()}
+    print("   official load_state_dict:", net.load_state_dict(sd, strict=True), file=sys.stderr)
+    del sd
+    dev = meta["device"]
+    net = net.to(dev)
+    img1 = torch.from_numpy(d["img1"].transpose(0, 3, 1, 2).copy()).to(dev)
+    img2 = torch.from_numpy(d["img2"].transpose(0, 3, 1, 2).copy()).to(dev)
+    k = meta["official_tiles"]
+    overlap, crop = meta["overlap"], tuple(meta["crop"])
+    if k:  # time the official per-tile loop on its first k tiles only (same calls as tiled_pred makes)
+        offs = [(sy, sx) for sy in engine._overlapping(img1.shape[2], crop[0], overlap)
+                for sx in engine._overlapping(img1.shape[3], crop[1], overlap)][:k]
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for sy, sx in offs:
+                net(engine._crop(img1, sy, sx), engine._crop(img2, sy, sx))
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            seconds, tiles, pred = time.perf_counter() - t0, len(offs), None
+    else:
+        t0 = time.perf_counter()
+        pred, _, _ = engine.tiled_pred(net, None, img1, img2, None, overlap=overlap, crop=crop,
+                                       conf_mode=meta["conf_mode"], with_conf=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        tiles = len(list(engine._overlapping(img1.shape[2], crop[0], overlap))) * \
+            len(list(engine._overlapping(img1.shape[3], crop[1], overlap)))
+        np.save(npz + ".pred.npy", pred.cpu().numpy().transpose(0, 2, 3, 1))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else peak_rss_gib()
+    print(json.dumps(dict(seconds=seconds, tiles=tiles, peak_gib=peak, full=pred is not None)))
+
+
+def reference_python() -> str | None:
+    root = os.environ.get("F3D_REFERENCE_ROOT")
+    if not root:
+        return None
+    py = Path(root) / "venv" / "bin" / "python"
+    return str(py) if py.exists() else sys.executable
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, nargs=2, default=list(FULL_1080P), metavar=("H", "W"),
+                    help="image size (default 1080 1920)")
+    ap.add_argument("--overlap", type=float, default=0.7)
+    ap.add_argument("--tiles-per-step", type=int, default=None, help="tiles per network step (default: 1 on CPU, 8 on GPU)")
+    ap.add_argument("--official-tiles", type=int, default=0,
+                    help="time the official loop on its first K tiles only (0: the whole official tiled_pred)")
+    ap.add_argument("--no-official", action="store_true")
+    ap.add_argument("--official-first", action="store_true", help="run the official implementation before ours")
+    ap.add_argument("--tiny", action="store_true", help="small backbone, crop 64x96 (smoke test)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    import f3d_jax
+    from f3d_jax.models.binocular import BinocularModel, CroCoDownstreamConfig
+    from f3d_jax.stereoflow import plan_tiles, tiled_pred
+    from f3d_jax.weights.convert import convert_state_dict, expected_torch_shapes
+
+    f3d_jax.disable_compile_cache()  # compile time is part of the report
+    crop = (64, 96) if args.tiny else CROP
+    croco_args = TINY if args.tiny else VITL
+    hw = tuple(args.size)
+    config = CroCoDownstreamConfig(**croco_args, img_size=crop, task="stereo")
+    plan = plan_tiles(hw, crop, args.overlap)
+    full_plan = plan_tiles(FULL_1080P, CROP, args.overlap)
+    backend = jax.default_backend()
+    device = "cuda" if backend == "gpu" else "cpu"
+    print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} {backend} ({jax.device_count()} x "
+          f"{jax.devices()[0].device_kind}); CroCo-Stereo {'tiny' if args.tiny else 'ViT-L/ViT-B-dec'} crop {crop}, "
+          f"image {hw[0]}x{hw[1]}: {plan.num_tiles} tiles (a 1080p image: {full_plan.num_tiles})", flush=True)
+
+    rng = np.random.default_rng(args.seed + 1)
+    img1 = np.tanh(rng.standard_normal((1, *hw, 3), dtype=np.float32)) * np.float32(2)
+    img2 = np.roll(img1, -24, axis=2)  # a horizontally shifted copy: a constant disparity
+
+    results: dict = {"image": list(hw), "tiles": plan.num_tiles, "crop": list(crop), "overlap": args.overlap}
+
+    def ours() -> np.ndarray:
+        t0 = time.perf_counter()
+        sd = random_state_dict(expected_torch_shapes(config), args.seed)
+        params = convert_state_dict(config, sd, "random", consume=True)
+        del sd
+        model = BinocularModel(config, params, tile_conf_mode=CONF_MODE, criterion="LaplacianLossBounded2()")
+        t_load = time.perf_counter() - t0
+        x1, x2 = jnp.asarray(img1), jnp.asarray(img2)
+        t0 = time.perf_counter()
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred.block_until_ready()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred.block_until_ready()
+        secs = time.perf_counter() - t0
+        if backend == "gpu":
+            peak = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30
+        else:
+            peak = peak_rss_gib()
+        results["f3d"] = dict(seconds=secs, tiles_per_s=plan.num_tiles / secs, compile_s=max(first - secs, 0.0),
+                              weights_s=t_load, peak_gib=peak,
+                              s_per_1080p_image=full_plan.num_tiles / (plan.num_tiles / secs))
+        print(f"f3d-jax : {plan.num_tiles / secs:.3f} tiles/s, {secs:.1f} s for this image "
+              f"(-> {results['f3d']['s_per_1080p_image']:.0f} s per 1080p image), compile {first - secs:.1f} s, "
+              f"peak {peak:.2f} GiB", flush=True)
+        return np.asarray(pred)
+
+    def official() -> np.ndarray | None:
+        py = reference_python()
+        if py is None or args.no_official:
+            print("official: skipped (set F3D_REFERENCE_ROOT to a folder with the croco checkout)")
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = str(Path(tmp) / "inputs.npz")
+            meta = dict(croco_args=croco_args, crop=list(crop), overlap=args.overlap, conf_mode=CONF_MODE,
+                        seed=args.seed, device=device, official_tiles=args.official_tiles)
+            np.savez(npz, img1=img1, img2=img2, meta=json.dumps(meta))
+            out = subprocess.run([py, __file__, "--worker-official", npz], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"official worker failed:\n{out.stderr[-4000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            pred = np.load(npz + ".pred.npy") if r["full"] else None
+        tps = r["tiles"] / r["seconds"]
+        results["official"] = dict(seconds=r["seconds"], tiles=r["tiles"], tiles_per_s=tps, peak_gib=r["peak_gib"],
+                                   s_per_1080p_image=full_plan.num_tiles / tps)
+        print(f"official: {tps:.3f} tiles/s ({r['tiles']} tiles in {r['seconds']:.1f} s; -> "
+              f"{full_plan.num_tiles / tps:.0f} s per 1080p image), peak {r['peak_gib']:.2f} GiB", flush=True)
+        return pred
+
+    if args.official_first:
+        ref = official()
+        got = ours()
+    else:
+        got = ours()
+        ref = official()
+    if "official" in results:
+        ratio = results["f3d"]["tiles_per_s"] / results["official"]["tiles_per_s"]
+        results["speedup"] = ratio
+        line = f"speed-up (same run, same {device.upper()}): {ratio:.2f}x the official tiles/s"
+        if ref is not None:
+            diff = float(np.abs(got - ref).max() / max(1e-12, np.abs(ref).max()))
+            results["max_rel_diff"] = diff
+            line += f"; predictions differ by {diff:.2e} of their largest magnitude"
+        print(line)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker-official":
+        official_worker(sys.argv[2])
+    else:
+        main()

@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "infer": {"io", "models", "nn", "weights", "geometry"},
     "export": {"io", "geometry", "align", "eval"},
     "viewer": {"io", "export"},
+    "train": {"nn", "models", "weights", "geometry", "eval", "io", "infer"},
     "cli": {"*"},
 }
 _MODULE_STRING = re.compile(r"f3d_jax(\.\w+)+")

@@ -68,6 +68,8 @@ class TrainConfig:
     """data-parallel axis of the device mesh (-1: the devices left by mesh_fsdp)."""
     mesh_fsdp: int = 1
     """FSDP axis (params and optimiser state split over it)."""
+    fsdp_min_size: int = 4096
+    """arrays with fewer elements stay replicated under FSDP (biases, norms: not worth a gather)."""
     seed: int = 0
     """init and per-step PRNG seed (masks, sampled correspondences)."""
     log_every: int = 10
@@ -108,7 +110,7 @@ class TrainConfig:
         everything but the length of the run, logging, checkpointing and the mesh (a restore may reshard)."""
         d = dataclasses.asdict(self)
         for k in ("name", "steps", "log_every", "save_every", "keep", "async_save", "mesh_data", "mesh_fsdp",
-                  "pretrained"):
+                  "fsdp_min_size", "pretrained"):
             d.pop(k)
         return d
 

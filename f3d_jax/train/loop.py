@@ -198,7 +198,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         if trainable is not None:
             grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -37,6 +37,8 @@ class TrainResult:
     history: list[dict[str, float]]
     start_step: int
     out_dir: Path
+    batch_shardings: dict[str, str] = dataclasses.field(default_factory=dict)
+    """{'view1/img': 'PartitionSpec(...)', ...} of the last batch."""
 
 
 def data_iterator(cfg: TrainConfig) -> Iterator:
@@ -89,7 +91,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, data: Iterator | None
     from f3d_jax.models.model import abstract_params
 
     abstract = abstract_params(model_cfg)
-    p_sh = sharding.param_shardings(abstract, mesh)
+    p_sh = sharding.param_shardings(abstract, mesh, min_fsdp_size=cfg.fsdp_min_size)
     trainable = loop.trainable_mask(model_cfg, cfg.freeze)
     schedule = optim.lr_schedule(cfg.optim, cfg.peak_lr(), cfg.iters_per_epoch, cfg.accum_iter)
     tx = optim.make_optimizer(cfg.optim, abstract, schedule, trainable)
@@ -128,6 +130,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, data: Iterator | None
 
     bar = tqdm(total=cfg.steps, initial=start, desc=cfg.name, unit="step", disable=quiet or jax.process_index() != 0)
     pending: list[tuple[int, Any]] = []
+    b_sh: Any = {}
     t_last, n_last = time.perf_counter(), start
     try:
         for step in range(start, end):
@@ -161,4 +164,4 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, data: Iterator | None
         bar.close()
         metrics_log.close()
         ckpt.close()
-    return TrainResult(state, history, start, out)
+    return TrainResult(state, history, start, out, sharding.describe(b_sh) if b_sh else {})

@@ -9,7 +9,6 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from f3d_jax.train import loop, optim, sharding
-from f3d_jax.train.trainer import train
 from tests.train.test_loop import _toy
 
 MESHES = {"single": (1, 1), "data": (8, 1), "fsdp": (1, 8), "mixed": (2, 4)}
@@ -80,15 +79,3 @@ def test_rules_and_mesh_errors():
     with pytest.raises(ValueError, match="does not fit the 8 devices"):
         sharding.make_mesh(4, 4)
 
-
-def test_croco_step_on_a_mixed_mesh_equals_one_device(tiny_config, tmp_path):
-    """The tiny CroCo config, 2 updates on a (2 data x 4 fsdp) mesh vs one device: same losses and params."""
-    cfg = tiny_config.replace(steps=2, save_every=2, fsdp_min_size=16)
-    one = train(cfg, tmp_path / "one", quiet=True)
-    mixed = train(cfg.replace(mesh_data=2, mesh_fsdp=4), tmp_path / "mixed", quiet=True)
-    np.testing.assert_allclose([h["loss"] for h in mixed.history], [h["loss"] for h in one.history], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(mixed.state.params), jax.tree.leaves(one.state.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-    qkv = mixed.state.params["enc_blocks"][0]["attn"]["qkv"]["kernel"]  # (32, 96)
-    assert qkv.sharding.spec == P(None, "fsdp") and qkv.addressable_shards[0].data.shape == (32, 24)
-    assert mixed.batch_shardings["view1/img"] == str(P(("data", "fsdp")))

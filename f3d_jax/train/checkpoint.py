@@ -16,6 +16,7 @@ batch, accumulation, optimiser, dtype, seed) is refused before any array is read
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -79,6 +80,8 @@ class Checkpointer:
         """Save the TrainState at its step (asynchronously), with the run's config and the data state (JSON)."""
         ocp = self._ocp
         step = int(jax.device_get(state.step))
+        if isinstance(data_state, bytes):  # some grain iterators serialise their state to bytes
+            data_state = {"__bytes__": base64.b64encode(data_state).decode()}
         meta = {"step": step, "config": dict(config), "data": data_state}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=force)
@@ -107,7 +110,10 @@ class Checkpointer:
                 "this checkpoint was written by a run with other settings (use another --out folder, or the "
                 "checkpoint's settings): " + "; ".join(diff))
         state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-        return state, meta.get("data")
+        data = meta.get("data")
+        if isinstance(data, dict) and set(data) == {"__bytes__"}:
+            data = base64.b64decode(data["__bytes__"])
+        return state, data
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

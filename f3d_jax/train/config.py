@@ -27,12 +27,23 @@ class DataConfig:
     """Where the training pairs come from."""
 
     source: str = "synthetic"
-    """'synthetic': rendered rooms (`f3d_jax.train.toy_data`, no download)."""
+    """'synthetic': a few rendered rooms cycled (`f3d_jax.train.toy_data`, no download); 'pairs:<folder>': a
+    dataset in the on-disk pair format through the grain pipeline of `f3d_jax.train.data` (official crops,
+    resolution buckets, corrupt samples skipped and counted); 'grain-synthetic': the same pipeline over
+    `f3d_jax.train.data.SyntheticPairs` (num_scenes pairs rendered on demand)."""
     num_scenes: int = 8
-    """synthetic: number of distinct pairs, cycled in a new seeded order every epoch."""
+    """synthetic sources: number of distinct pairs."""
     size: tuple[int, int] = (64, 64)
-    """synthetic: (height, width) of the images (CroCo: the model's img_size)."""
+    """'synthetic': (height, width) of the images (CroCo: the model's img_size); 'grain-synthetic': render size."""
     seed: int = 0
+    resolutions: tuple[tuple[int, int], ...] = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
+    """grain sources, DUSt3R/MASt3R: the (W, H) buckets, one drawn per batch (the official 512 training set)."""
+    aug_crop: int = 16
+    """grain sources: the official aug_crop."""
+    color_jitter: bool = True
+    """grain sources, DUSt3R/MASt3R: the official transform=ColorJitter."""
+    croco_trfs: str = "crop224+acolor"
+    """grain sources, CroCo: the official --train_transform."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -222,7 +222,7 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, state_shar
         return TrainState(jnp.int32(0), p, optimizer.init(p))
 
     if state_shardings is None:
-        return jax.jit(make)(params)
+        return make(params)
     return jax.jit(make, in_shardings=(state_shardings.params,), out_shardings=state_shardings)(params)
 
 

@@ -46,13 +46,26 @@ def data_iterator(cfg: TrainConfig) -> Iterator:
     n = jax.process_count()
     if cfg.batch_size % n:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {n} processes")
-    if cfg.data.source == "synthetic":
+    d = cfg.data
+    if d.source == "synthetic":
         from f3d_jax.train.toy_data import SyntheticPairs
 
-        size = cfg.model_config().img_size if not cfg.is_stereo else cfg.data.size
-        return SyntheticPairs(cfg.batch_size // n, cfg.data.num_scenes, size, seed=cfg.data.seed * 1009 + jax.process_index())
-    raise ValueError(f"data.source={cfg.data.source!r}: supported here: 'synthetic' "
-                     "(on-disk pairs come with f3d_jax.train.data)")
+        size = cfg.model_config().img_size if not cfg.is_stereo else d.size
+        return SyntheticPairs(cfg.batch_size // n, d.num_scenes, size, seed=d.seed * 1009 + jax.process_index())
+    if d.source == "grain-synthetic" or d.source.startswith("pairs:"):
+        import importlib
+
+        data = importlib.import_module("f3d_jax.train.data")
+        if d.source == "grain-synthetic":
+            source = data.SyntheticPairs(d.num_scenes, size=(d.size[1], d.size[0]), seed=d.seed)
+        else:
+            source = data.PairsSource(d.source[len("pairs:"):])
+        dcfg = data.DataConfig(batch_size=cfg.batch_size // n, resolutions=d.resolutions, seed=d.seed,
+                               aug_crop=d.aug_crop, color_jitter=d.color_jitter and cfg.is_stereo,
+                               mode="dust3r" if cfg.is_stereo else "croco", croco_trfs=d.croco_trfs,
+                               shard_index=jax.process_index(), shard_count=n)
+        return data.iterate(data.make_pair_dataset(source, dcfg))
+    raise ValueError(f"data.source={d.source!r}: expected 'synthetic', 'grain-synthetic' or 'pairs:<folder>'")
 
 
 def build_loss_fn(cfg: TrainConfig) -> loop.LossFn:
@@ -153,6 +166,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, data: Iterator | None
                                                  "stops here too)")
                     if s == done:
                         row["pairs_per_s"] = rate
+                        if hasattr(data, "stats"):  # the grain pipeline counts the corrupt samples it skipped
+                            row["skipped_samples"] = float(data.stats.get("skipped_samples", 0))
                     metrics_log.write(s, row)
                     history.append({"step": s, **row})
                 pending = []

@@ -1,4 +1,5 @@
-"""Tiny CroCo v2 pretraining on synthetic pairs: trains on a CPU in about a minute, the loss drops.
+"""Tiny CroCo v2 pretraining on synthetic pairs: trains on a CPU in about a minute; the masked-patch loss drops
+from 1.17 (mean of the first 5 updates) to 0.875 (last 10), below the ~1.0 of predicting each patch's mean.
 
   f3d train experiments/configs/tiny_croco.py --out runs/tiny_croco
 """

@@ -30,7 +30,7 @@ from flax import struct
 
 from f3d_jax.models.config import CroCoConfig, DUSt3RConfig, MASt3RConfig
 from f3d_jax.models.croco import masked_mse, random_mask
-from f3d_jax.models.model import abstract_module, build_module, croco_forward, symmetric_forward
+from f3d_jax.models.model import abstract_module, croco_forward, symmetric_forward
 from f3d_jax.nn.compat import nnx
 from f3d_jax.train.optim import path_str
 
@@ -51,13 +51,60 @@ class TrainState:
 
 
 def init_params(config: CroCoConfig, seed: int = 0, shardings: Any = None) -> dict:
-    """Random init (flax's initialisers) as a plain params dict, built under jit (`shardings`: the out
-    shardings, so FSDP-sized models are created already split)."""
-    def make(key):
-        return nnx.to_pure_dict(nnx.state(build_module(config, nnx.Rngs(params=key))))
+    """The official random initialisation as a plain params dict (`shardings`: place each array directly with its
+    sharding; seeded per leaf, so every host computes the same values and places only its shards).
 
-    return jax.jit(make, out_shardings=shardings)(jax.random.key(seed))
+    CroCoNet.initialize_weights: every Linear of the backbone (and CroCo's prediction head) xavier_uniform with zero
+    bias, the patch-embedding conv xavier_uniform on its (out, in*kh*kw) view, LayerNorms (1, 0), `mask_token`
+    normal(0, 0.02). DUSt3R/MASt3R heads are created after that call, so they keep PyTorch's default
+    (kaiming_uniform(a=sqrt(5)): weights and biases U(+-1/sqrt(fan_in))). CroCo v1's cosine position tables are
+    the fixed sincos values.
+    """
+    from f3d_jax.models.model import abstract_params
+    from f3d_jax.nn.pos_embed import sincos_2d
 
+    abstract = abstract_params(config)
+    flat = [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]]
+    has_scale = {k.rsplit("/", 1)[0] for k, _ in flat if k.endswith("/scale")}
+    hw = (config.img_size[0] // config.patch_size, config.img_size[1] // config.patch_size)
+    tables = {name: np.asarray(sincos_2d(x.shape[-1], *hw), np.float32) for name, x in flat
+              if name in ("enc_pos_embed", "dec_pos_embed")}
+
+    abstract_kernel = {name.rsplit("/", 1)[0]: x for name, x in flat if name.endswith("/kernel")}
+
+    def uniform(rng, shape, bound):
+        return ((rng.random(shape, dtype=np.float32) * 2 - 1) * np.float32(bound)).astype(np.float32)
+
+    def leaf(i, name, x):
+        # numpy on the host, one generator per leaf: no compile (XLA takes minutes on hundreds of threefry calls
+        # for a DPT model), and the same values on every host of a multi-host run
+        rng = np.random.default_rng([seed, i])
+        shape, parent, last = tuple(x.shape), name.rsplit("/", 1)[0], name.rsplit("/", 1)[-1]
+        if name in tables:
+            return tables[name].reshape(shape)
+        if name == "mask_token":
+            return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+        if last == "scale":
+            return np.ones(shape, np.float32)
+        kernel = abstract_kernel.get(parent)
+        fan_in = int(np.prod(kernel.shape[:-1])) if kernel is not None else 1
+        if name.startswith("downstream_head"):  # PyTorch's default init of Linear / Conv layers
+            if last == "bias" and parent in has_scale:
+                return np.zeros(shape, np.float32)
+            return uniform(rng, shape, 1.0 / np.sqrt(max(fan_in, 1)))
+        if last == "bias":
+            return np.zeros(shape, np.float32)
+        return uniform(rng, shape, np.sqrt(6.0 / (fan_in + shape[-1])))  # xavier_uniform ((out, in*kh*kw) view)
+
+    leaves = []
+    shard_leaves = jax.tree.leaves(shardings) if shardings is not None else [None] * len(flat)
+    for i, ((name, x), sh) in enumerate(zip(flat, shard_leaves, strict=True)):
+        value = leaf(i, name, x)
+        if sh is None:
+            leaves.append(jnp.asarray(value))
+        else:  # each process places only its own shards
+            leaves.append(jax.make_array_from_callback(value.shape, sh, lambda idx, v=value: v[idx]))
+    return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 def trainable_mask(config: CroCoConfig, freeze: str | None = None) -> dict:
     """Bool pytree like the params: False for what the official training never updates.

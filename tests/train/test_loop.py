@@ -164,8 +164,8 @@ def test_tiny_config_trains_through_the_cli(tiny_config, tmp_path, capsys):
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, tiny_config.steps + 1))
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-10:]])
-    assert last < 0.55 * first, (first, last)  # measured: 1.98 -> 0.88
-    assert last < 0.95  # below the 1.0 of predicting each normalised patch's mean: the model learned something
+    assert last < 0.85 * first, (first, last)  # measured: 1.17 (first 5) -> 0.875 (last 10)
+    assert last < 0.95  # below the ~1.0 of predicting each normalised patch's mean: the model learned something
     events = read_events(next((out / "tb").iterdir()))
     assert [s for s, _ in events] == list(range(1, tiny_config.steps + 1))
     np.testing.assert_allclose([e["loss"] for _, e in events], [r["loss"] for r in rows], rtol=1e-6)
@@ -173,3 +173,31 @@ def test_tiny_config_trains_through_the_cli(tiny_config, tmp_path, capsys):
     # a second call finds the run finished
     assert main(["train", str(TINY), "--out", str(out), "--mesh-data", "1", "--quiet"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_official_init_distributions_and_sharded_placement():
+    """CroCoNet.initialize_weights: xavier_uniform backbone Linears / patch-embed conv, zero biases, LayerNorm (1, 0),
+    mask_token N(0, 0.02); DUSt3R heads: PyTorch's default U(+-1/sqrt(fan_in)); FSDP placement at creation."""
+    from f3d_jax.models.config import DUSt3RConfig
+    from f3d_jax.train import sharding
+
+    cfg = DUSt3RConfig(img_size=(32, 32), patch_size=8, enc_embed_dim=64, enc_depth=1, enc_num_heads=2,
+                       dec_embed_dim=64, dec_depth=1, dec_num_heads=2, pos_embed="RoPE100")
+    mesh = sharding.make_mesh(1, 8)
+    p = loop.init_params(cfg, 3, sharding.param_shardings(jax.eval_shape(lambda: loop.init_params(cfg, 3)), mesh,
+                                                          min_fsdp_size=1024))
+
+    def bound_ok(x, bound):
+        a = np.abs(np.asarray(x))
+        return a.max() <= bound and a.max() > 0.95 * bound
+
+    qkv = p["enc_blocks"][0]["attn"]["qkv"]
+    assert bound_ok(qkv["kernel"], np.sqrt(6 / (64 + 192))) and not np.asarray(qkv["bias"]).any()
+    assert bound_ok(p["patch_embed"]["proj"]["kernel"], np.sqrt(6 / (8 * 8 * 3 + 64)))
+    assert (np.asarray(p["enc_norm"]["scale"]) == 1).all() and not np.asarray(p["enc_norm"]["bias"]).any()
+    assert abs(float(np.std(p["mask_token"])) - 0.02) < 0.008
+    head = p["downstream_head1"]["proj"]  # linear head: PyTorch default, bias included
+    assert bound_ok(head["kernel"], 1 / 8) and bound_ok(head["bias"], 1 / 8)
+    assert qkv["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    assert qkv["kernel"].addressable_shards[0].data.shape == (64, 24)
+    np.testing.assert_array_equal(qkv["kernel"], loop.init_params(cfg, 3)["enc_blocks"][0]["attn"]["qkv"]["kernel"])

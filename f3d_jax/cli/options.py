@@ -276,6 +276,35 @@ class Flow:
     """print only the summary line (and errors)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Train:
+    """Train or fine-tune a model from a config file (experiments/configs/*.py: CroCo v2 pretraining, DUSt3R,
+    MASt3R, tiny): resumes from the latest checkpoint in --out, logs metrics.jsonl and TensorBoard events."""
+
+    config: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")]
+    """a Python file defining CONFIG = TrainConfig(...)."""
+    out: str | None = None
+    """run folder: checkpoints, metrics.jsonl, tb/ (None: runs/<config name>)."""
+    steps: int | None = None
+    """override the number of optimiser updates (None: the config's)."""
+    batch_size: int | None = None
+    """override the global micro-batch size (None: the config's)."""
+    accum_iter: int | None = None
+    """override the micro-batches per update (None: the config's)."""
+    mesh_data: int | None = None
+    """override the data-parallel mesh axis (-1: all devices left; None: the config's)."""
+    mesh_fsdp: int | None = None
+    """override the FSDP mesh axis (None: the config's)."""
+    pretrained: str | None = None
+    """override the initial weights (None: the config's); ignored when resuming."""
+    dtype: Literal[None, "float32", "bfloat16"] = None
+    """override the compute dtype (None: the config's); master weights stay float32."""
+    distributed: bool = False
+    """multi-host run: call jax.distributed.initialize() first (TPU pods, SLURM or JAX_* variables)."""
+    quiet: bool = False
+    """no progress bar: print only the summary line (and errors)."""
+
+
 COMMANDS: dict[str, type] = {"reconstruct": Reconstruct, "match": Match, "demo": Demo, "export": Export,
                              "view": View, "convert": Convert, "checkpoints": Checkpoints, "stereo": Stereo,
-                             "flow": Flow}
+                             "flow": Flow, "train": Train}

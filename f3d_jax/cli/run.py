@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from f3d_jax.cli.options import (DEMO_COMMAND, AlignOptions, Checkpoints, Convert, Demo, Export, Flow, Match,
-                                 Reconstruct, Stereo, View)
+                                 Reconstruct, Stereo, Train, View)
 from f3d_jax.cli.timing import StageClock
 
 RESULT_FILE = "reconstruction.npz"
@@ -629,6 +629,33 @@ def stereo_or_flow(opts: Stereo | Flow) -> int:
     return run_stereo_or_flow(opts)
 
 
+def train_cmd(opts: Train) -> int:
+    """`f3d train CONFIG`: load the config, apply the overrides, train (resuming from --out), print a summary."""
+    from f3d_jax.train.config import load_config
+
+    cfg = load_config(opts.config)
+    overrides = {"steps": opts.steps, "batch_size": opts.batch_size, "accum_iter": opts.accum_iter,
+                 "mesh_data": opts.mesh_data, "mesh_fsdp": opts.mesh_fsdp, "pretrained": opts.pretrained,
+                 "compute_dtype": opts.dtype}
+    cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if opts.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from f3d_jax.train.trainer import train
+
+    out = Path(opts.out if opts.out is not None else os.path.join("runs", cfg.name))
+    result = train(cfg, out, quiet=opts.quiet, log=lambda m: say(opts.quiet, m))
+    h = result.history
+    if h:
+        print(f"f3d train: {cfg.name}: steps {result.start_step} -> {h[-1]['step']}, loss {h[0]['loss']:.4f} -> "
+              f"{h[-1]['loss']:.4f}; checkpoints and metrics in {out}")
+    else:
+        print(f"f3d train: {cfg.name}: already at step {result.start_step} of {cfg.steps}; nothing to do ({out})")
+    return 0
+
+
 RUNNERS: dict[type, Callable[[Any], int]] = {Reconstruct: reconstruct, Match: match_cmd, Demo: demo,
                                              Export: export_cmd, View: view, Convert: convert,
-                                             Checkpoints: checkpoints, Stereo: stereo_or_flow, Flow: stereo_or_flow}
+                                             Checkpoints: checkpoints, Stereo: stereo_or_flow, Flow: stereo_or_flow,
+                                             Train: train_cmd}

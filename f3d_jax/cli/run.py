@@ -216,6 +216,23 @@ def cloud_sample(pts: np.ndarray, rgb: np.ndarray, mask: np.ndarray, n: int = 20
     return pts.reshape(-1, 3)[idx], rgb.reshape(-1, 3)[idx]
 
 
+def export_and_summarise(clock: StageClock, recon: Any, tmp: Path, formats: Sequence[str], quiet: bool, title: str,
+                         lines: Sequence[str]) -> dict[str, Path]:
+    """Every export, `reconstruction.npz` and a top-view `summary.png` into the folder being written (`f3d
+    reconstruct`, dense and sparse); returns the written paths relative to `tmp`."""
+    with clock.stage("export"):
+        written = write_exports(recon, tmp, formats, quiet)
+        recon.save(tmp / RESULT_FILE)
+        written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
+    with clock.stage("summary"):
+        pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
+        from f3d_jax.cli.summary import write_summary_png
+
+        write_summary_png(tmp / SUMMARY_FILE, recon.images, recon.cam2world, points=pts, colors=rgb, axes=(0, 2),
+                          title=title, lines=[*lines, "top view: x right, z (first camera's forward) up"])
+    return written
+
+
 def listing(out: Path, written: dict[str, Path]) -> str:
     """`out/ (reconstruction.npz, colmap/sparse/0, ...)` of paths relative to `out`."""
     names = [RESULT_FILE] + [str(p) for p in written.values()] + [SUMMARY_FILE]
@@ -261,19 +278,11 @@ def reconstruct(opts: Reconstruct) -> int:
         with clock.stage("export"):
             recon = reconstruction_from_alignment(result, imgs, min_conf_thr=config.min_conf_thr,
                                                   clean_depth=opts.clean_depth)
-            written = write_exports(recon, tmp, opts.format, quiet)
-            recon.save(tmp / RESULT_FILE)
-            written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
-        with clock.stage("summary"):
-            pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
-            from f3d_jax.cli.summary import write_summary_png
-
-            write_summary_png(tmp / SUMMARY_FILE, recon.images, recon.cam2world, points=pts, colors=rgb,
-                              axes=(0, 2), title="f3d reconstruct",
-                              lines=[f"{len(imgs)} images, {len(pairs)} pairs, model {opts.model}",
-                                     f"final alignment loss {float(result.final_loss):.4g}",
-                                     f"{int(recon.mask.sum())} points above confidence {config.min_conf_thr:g}",
-                                     "top view: x right, z (first camera's forward) up"])
+        written = export_and_summarise(
+            clock, recon, tmp, opts.format, quiet, "f3d reconstruct",
+            [f"{len(imgs)} images, {len(pairs)} pairs, model {opts.model}",
+             f"final alignment loss {float(result.final_loss):.4g}",
+             f"{int(recon.mask.sum())} points above confidence {config.min_conf_thr:g}"])
         return written, len(pairs), float(result.final_loss)
 
     with StageClock() as clock:
@@ -360,21 +369,12 @@ def reconstruct_sparse(opts: Reconstruct) -> int:
                 bar.close()
         recon, st = res.reconstruction, res.track_stats
         loss = float(res.scene.loss_curve[-1]) if len(res.scene.loss_curve) else float("nan")
-        with clock.stage("export"):
-            written = write_exports(recon, tmp, opts.format, quiet)
-            recon.save(tmp / RESULT_FILE)
-            written = {k: Path(v).relative_to(tmp) for k, v in written.items()}
-        with clock.stage("summary"):
-            pts, rgb = cloud_sample(recon.pts3d, recon.images, recon.mask)
-            from f3d_jax.cli.summary import write_summary_png
-
-            write_summary_png(tmp / SUMMARY_FILE, recon.images, recon.cam2world, points=pts, colors=rgb,
-                              axes=(0, 2), title="f3d reconstruct --align sparse",
-                              lines=[f"{len(imgs)} images, {len(pairs)} pairs ({opts.graph}), model {opts.model}",
-                                     f"final alignment loss {loss:.4g}",
-                                     f"{st.n_points} COLMAP points, mean track length {st.mean_track_length:.2f}, "
-                                     f"reprojection error mean {st.mean_reproj_error:.2f} px",
-                                     "top view: x right, z (first camera's forward) up"])
+        written = export_and_summarise(
+            clock, recon, tmp, opts.format, quiet, "f3d reconstruct --align sparse",
+            [f"{len(imgs)} images, {len(pairs)} pairs ({opts.graph}), model {opts.model}",
+             f"final alignment loss {loss:.4g}",
+             f"{st.n_points} COLMAP points, mean track length {st.mean_track_length:.2f}, "
+             f"reprojection error mean {st.mean_reproj_error:.2f} px"])
         return written, len(pairs), loss, st
 
     with StageClock() as clock:

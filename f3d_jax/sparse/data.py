@@ -32,7 +32,7 @@ def _idx(view: dict, name: str) -> int:
     return int(np.asarray(view["idx"]).reshape(-1)[0])
 
 
-def _pred_array(pred: Any, key: str, who: str, ndim: int) -> np.ndarray:
+def _pred_array(pred: Any, key: str, who: str, ndim: int, pair: str = "") -> np.ndarray:
     if not isinstance(pred, dict) or key not in pred:
         raise ValueError(f"sparse_global_alignment: model output {who} has no {key!r} entry")
     a = np.asarray(jax.device_get(pred[key]), np.float32)
@@ -42,7 +42,7 @@ def _pred_array(pred: Any, key: str, who: str, ndim: int) -> np.ndarray:
         raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] must be (1, H, W{', C' if ndim == 3 else ''}),"
                          f" got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] has non-finite values (NaN/inf)")
+        raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] has non-finite values (NaN/inf){pair}")
     return a
 
 
@@ -129,10 +129,11 @@ def collect_pairs(
             who = {"11": f"model(view {i}, view {j})[0]", "21": f"model(view {i}, view {j})[1]",
                    "22": f"model(view {j}, view {i})[0]", "12": f"model(view {j}, view {i})[1]"}
             res = {"11": r11, "21": r21, "22": r22, "12": r12}
-            X = {k: _pred_array(r, "pts3d", who[k], 3) for k, r in res.items()}
-            C = {k: _pred_array(r, "conf", who[k], 2) for k, r in res.items()}
-            D = {k: _pred_array(r, "desc", who[k], 3) for k, r in res.items()}
-            Q = {k: _pred_array(r, desc_conf, who[k], 2) for k, r in res.items()}
+            pair = f" in the pair of images {i} ({names[i]}) and {j} ({names[j]})"
+            X = {k: _pred_array(r, "pts3d", who[k], 3, pair) for k, r in res.items()}
+            C = {k: _pred_array(r, "conf", who[k], 2, pair) for k, r in res.items()}
+            D = {k: _pred_array(r, "desc", who[k], 3, pair) for k, r in res.items()}
+            Q = {k: _pred_array(r, desc_conf, who[k], 2, pair) for k, r in res.items()}
             xy_i, xy_j, conf = extract_correspondences(
                 [D["11"], D["21"], D["22"], D["12"]], [Q["11"], Q["21"], Q["22"], Q["12"]],
                 subsample=subsample, dist="dot", block_size=BLOCK_SIZE)

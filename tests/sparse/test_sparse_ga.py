@@ -236,7 +236,8 @@ def test_bad_inputs(case, cache):
             p2["desc"][0, 5, 7, 0] = np.nan
             return p1, p2
 
-    with pytest.raises(ValueError, match=r"model\(view 1, view 0\)\[1\]\['desc'\] has non-finite"):
+    with pytest.raises(ValueError, match=r"model\(view 1, view 0\)\[1\]\['desc'\] has non-finite values \(NaN/inf\) "
+                                         r"in the pair of images 1 \(view_001.png\) and 0 \(view_000.png\)"):
         sparse_global_alignment(names, pairs, NaNDesc(inp), niter1=1, niter2=0)
     # pairs only inside {0, 1} and {2, 3}: two components, named
     split = [p for p in pairs if {p[0]["idx"], p[1]["idx"]} in ({0, 1}, {2, 3})]

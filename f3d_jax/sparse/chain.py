@@ -91,6 +91,21 @@ def hclust_tree(scores: np.ndarray, n_patches: np.ndarray, linkage: str = "ward"
     return tree, merges
 
 
+def reroot(chain: KinematicChain, root: int) -> KinematicChain:
+    """The same undirected tree oriented from `root` (edges in breadth-first order from it; merges kept).
+
+    Used with known poses: a known camera becomes the root, so every other camera is chained to a known one.
+    """
+    if root == chain.root:
+        return chain
+    n = max([chain.root, root] + [max(e) for e in chain.edges]) + 1
+    adj = sp.dok_array((n, n))
+    for a, b in chain.edges:
+        adj[a, b] = adj[b, a] = 1.0
+    order, pred = csgraph.breadth_first_order(adj.tocsr(), root, directed=False)
+    return KinematicChain(int(root), tuple((int(pred[i]), int(i)) for i in order[1:]), chain.merges)
+
+
 def kinematic_chain(scores: np.ndarray, n_patches: np.ndarray, mode: str = "hclust-ward") -> KinematicChain:
     """The official kinematic chain.
 

@@ -32,7 +32,7 @@ def _idx(view: dict, name: str) -> int:
     return int(np.asarray(view["idx"]).reshape(-1)[0])
 
 
-def _pred_array(pred: Any, key: str, who: str, ndim: int) -> np.ndarray:
+def _pred_array(pred: Any, key: str, who: str, ndim: int, pair: str = "") -> np.ndarray:
     if not isinstance(pred, dict) or key not in pred:
         raise ValueError(f"sparse_global_alignment: model output {who} has no {key!r} entry")
     a = np.asarray(jax.device_get(pred[key]), np.float32)
@@ -42,7 +42,7 @@ def _pred_array(pred: Any, key: str, who: str, ndim: int) -> np.ndarray:
         raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] must be (1, H, W{', C' if ndim == 3 else ''}),"
                          f" got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] has non-finite values (NaN/inf)")
+        raise ValueError(f"sparse_global_alignment: model output {who}[{key!r}] has non-finite values (NaN/inf){pair}")
     return a
 
 
@@ -76,9 +76,12 @@ def _save_atomic(path: str, **arrays: np.ndarray) -> None:
 
 def collect_pairs(
     names: Sequence[str], pairs: Sequence[tuple[dict, dict]], model: Callable | None, subsample: int,
-    desc_conf: str, cache_dir: str | None = None,
+    desc_conf: str, cache_dir: str | None = None, masks: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[tuple[int, int]], list[PairData], list[CanonAccumulator | None]]:
     """Run the model on every unordered pair once and match it.
+
+    `masks` (one (H, W) bool or None per image): matches with a pixel where its image's mask is False are
+    dropped (after the cache: the cache holds the unmasked matches).
 
     Returns:
         keys: ordered pairs (i, j) in order of first appearance (duplicates dropped), as the official
@@ -126,10 +129,11 @@ def collect_pairs(
             who = {"11": f"model(view {i}, view {j})[0]", "21": f"model(view {i}, view {j})[1]",
                    "22": f"model(view {j}, view {i})[0]", "12": f"model(view {j}, view {i})[1]"}
             res = {"11": r11, "21": r21, "22": r22, "12": r12}
-            X = {k: _pred_array(r, "pts3d", who[k], 3) for k, r in res.items()}
-            C = {k: _pred_array(r, "conf", who[k], 2) for k, r in res.items()}
-            D = {k: _pred_array(r, "desc", who[k], 3) for k, r in res.items()}
-            Q = {k: _pred_array(r, desc_conf, who[k], 2) for k, r in res.items()}
+            pair = f" in the pair of images {i} ({names[i]}) and {j} ({names[j]})"
+            X = {k: _pred_array(r, "pts3d", who[k], 3, pair) for k, r in res.items()}
+            C = {k: _pred_array(r, "conf", who[k], 2, pair) for k, r in res.items()}
+            D = {k: _pred_array(r, "desc", who[k], 3, pair) for k, r in res.items()}
+            Q = {k: _pred_array(r, desc_conf, who[k], 2, pair) for k, r in res.items()}
             xy_i, xy_j, conf = extract_correspondences(
                 [D["11"], D["21"], D["22"], D["12"]], [Q["11"], Q["21"], Q["22"], Q["12"]],
                 subsample=subsample, dist="dot", block_size=BLOCK_SIZE)
@@ -147,7 +151,17 @@ def collect_pairs(
                 raise ValueError(f"sparse_global_alignment: image {img} ({names[img]}) has pointmaps of different"
                                  f" sizes {(canon[img].H, canon[img].W)} and {Xs.shape[:2]}")
             canon[img].add(Xs, Cs, times=mult)
-        pair_data.append(PairData(i, j, d["xy_i"], d["xy_j"], d["conf"], (d["X21s"], d["C21s"]),
+        xy_i, xy_j, conf = d["xy_i"], d["xy_j"], d["conf"]
+        if masks is not None:
+            keep = np.ones(len(conf), bool)
+            for img, xy, Xs in ((i, xy_i, d["X11"]), (j, xy_j, d["X22"])):
+                if masks[img] is not None:
+                    if masks[img].shape != Xs.shape[:2]:
+                        raise ValueError(f"sparse_global_alignment: masks[{img}] ({names[img]}) has shape "
+                                         f"{masks[img].shape}, the image's pointmaps {Xs.shape[:2]} (working resolution)")
+                    keep &= masks[img][xy[:, 1], xy[:, 0]]
+            xy_i, xy_j, conf = xy_i[keep], xy_j[keep], conf[keep]
+        pair_data.append(PairData(i, j, xy_i, xy_j, conf, (d["X21s"], d["C21s"]),
                                   (d["X12s"], d["C12s"]), float(d["score"])))
     return keys, pair_data, canon
 
@@ -177,9 +191,14 @@ def finalize_canonical(canon: Sequence[CanonAccumulator | None], names: Sequence
     return out
 
 
-def _next_size(m: int, quantum: int = 512) -> int:
-    """Padded length: a multiple of `quantum` (>= 1 quantum), so nearby problem sizes share compiled code."""
-    return max(quantum, -(-m // quantum) * quantum)
+def bucket_size(m: int, quantum: int = 512) -> int:
+    """Padded length of an array of `m` entries: a multiple of max(quantum, 2^(floor(log2 m) - 3)), i.e. eight
+    buckets per octave above 8 x quantum (padding at most 12.5%, or one quantum below). Nearby problem sizes share
+    compiled stages (a second call with a slightly different number of matches reuses the compilation), and the
+    number of distinct compilations grows with log(m), not m."""
+    m = max(int(m), 1)
+    step = max(quantum, 1 << max(0, m.bit_length() - 4))
+    return -(-m // step) * step
 
 
 @jax.tree_util.register_dataclass
@@ -196,6 +215,9 @@ class SparseProblem:
     (0 for pairs that fail `matching_conf_thr` and for padding). Fallback (DUSt3R regression for pairs
     that fail it): `fb_pt` (F,) entry, `fb_cam` (F,) int32 the partner camera, `fb_tgt` (F, 3) the network's
     point in the partner's frame, `fb_conf` (F,).
+    Known poses: `known_pose` (N,) float32 1 where `known_cam2w` (N, 4, 4) (cam-to-world, OpenCV) is the
+    image's frozen pose, else 0; `free_scale` () float32 1 where the global scale is free (the official
+    anti-collapse normalisation g = 1 / min size), 0 where two known camera centres fix it (g = 1).
     """
 
     imsizes: jax.Array
@@ -214,6 +236,9 @@ class SparseProblem:
     fb_cam: jax.Array
     fb_tgt: jax.Array
     fb_conf: jax.Array
+    known_pose: jax.Array
+    known_cam2w: jax.Array
+    free_scale: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +276,7 @@ def condense(
         if a not in partners[b]:
             partners[b].append(a)
     shapes = [anchor_grid_shape(c.canon.shape[0], c.canon.shape[1], subsample) for c in canon]
-    A = max(h * w for h, w in shapes)
+    A = bucket_size(max(h * w for h, w in shapes), 16)
     core = np.ones((n, A), np.float32)
     med = np.ones(n, np.float32)
     start: dict[tuple[int, int], int] = {}
@@ -274,7 +299,7 @@ def condense(
             anc_l.append(idx)
             off_l.append(off)
         n_points.append(total - point_start[-1])
-    P = _next_size(total)
+    P = bucket_size(total)
 
     def pad(parts, size, shape, dtype, fill=0):
         out = np.full((size,) + shape, fill, dtype)
@@ -299,7 +324,7 @@ def condense(
             mp.append(start[(p.i, p.j)] + np.arange(m))
             mq.append(start[(p.j, p.i)] + np.arange(m))
             mc.append(p.conf)
-    M = _next_size(sum(len(c) for c in mc))
+    M = bucket_size(sum(len(c) for c in mc))
     m_p, m_q, m_conf = pad(mp, M, (), np.int32), pad(mq, M, (), np.int32), pad(mc, M, (), np.float32)
 
     # fallback: for every ordered key (a, b) of a pair failing the threshold, all of a's entries against
@@ -316,7 +341,7 @@ def condense(
         fcam.append(np.full(n_points[a], b, np.int32))
         ftgt.append(X.reshape(-1, 3)[idx])
         fconf.append(C.reshape(-1)[idx])
-    F = _next_size(sum(len(c) for c in fconf), 64)
+    F = bucket_size(sum(len(c) for c in fconf), 64)
     problem = SparseProblem(
         imsizes=np.asarray([(c.canon.shape[1], c.canon.shape[0]) for c in canon], np.float32),
         base_focals=np.asarray([c.focal for c in canon], np.float32),
@@ -327,6 +352,8 @@ def condense(
         m_p=m_p, m_q=m_q, m_conf=m_conf,
         fb_pt=pad(fp, F, (), np.int32), fb_cam=pad(fcam, F, (), np.int32), fb_tgt=pad(ftgt, F, (3,), np.float32),
         fb_conf=pad(fconf, F, (), np.float32),
+        known_pose=np.zeros(n, np.float32), known_cam2w=np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
+        free_scale=np.float32(1),
     )
     used = tuple(k for k, p in enumerate(pair_data) if ok[frozenset((p.i, p.j))])
     return Condensed(problem, tuple(n_points), tuple(point_start), tuple(shapes), scores, depth_levels, used)

@@ -15,6 +15,7 @@ static shapes of `SparseProblem` (one fused loss, no per-pair Python loop).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -70,8 +71,33 @@ def initial_params(problem: SparseProblem, shared_intrinsics: bool, weights: np.
                 pps=pps, log_focals=log_focals, core_depth=jnp.asarray(problem.core_depth, jnp.float32))
 
 
-def decode(params: dict, problem: SparseProblem, depth_levels: int) -> dict:
+def _chain_known(rel, problem: SparseProblem, depth_levels: int, g, z_cam, focals, pps):
+    """cam2w (N, 4, 4) and chained frames P with known poses (`problem.known_pose`): a known camera enters the
+    chain as the frame that decodes to its pose exactly, [R_k | t_k / g + R_k offset_k], its children chain from
+    it, and its cam2w is the known matrix itself (bit-exact)."""
+    n = rel.shape[0]
+    imsizes = problem.imsizes
+    one = jnp.ones(n, jnp.float32)
+    offset = z_cam[:, None] * jnp.concatenate([imsizes / focals[:, None] * (0.5 - pps), one[:, None]], -1)
+    known = (problem.known_pose > 0)[:, None, None]
+    Rk = problem.known_cam2w[:, :3, :3]
+    tk = problem.known_cam2w[:, :3, 3] / g + jnp.einsum("nij,nj->ni", Rk, offset, precision=HIGHEST)
+    fixed = jnp.where(known, jnp.concatenate([jnp.concatenate([Rk, tk[:, :, None]], -1), rel[:, 3:4]], -2), rel)
+    is_fixed = known | (problem.parents == jnp.arange(n))[:, None, None]
+    P = fixed
+    for _ in range(depth_levels):
+        P = jnp.where(is_fixed, fixed, _matmul(P[problem.parents], rel))
+    Rc = P[:, :3, :3]
+    t = g * (P[:, :3, 3] - jnp.einsum("nij,nj->ni", Rc, offset, precision=HIGHEST))
+    cam2w = jnp.concatenate([jnp.concatenate([Rc, t[:, :, None]], -1), P[:, 3:4, :]], -2)
+    return jnp.where(known, problem.known_cam2w, cam2w), P
+
+
+def decode(params: dict, problem: SparseProblem, depth_levels: int, known_poses: bool = False) -> dict:
     """Cameras and anchor depths from parameters (official `make_K_cam_depth`, depth_mode 'add').
+
+    `known_poses` (static): honour `problem.known_pose` / `known_cam2w` / `free_scale` (else they are ignored and
+    the computation is the official one, op for op).
 
     Returns dict: `K` (N, 3, 3), `cam2w` (N, 4, 4), `w2cam` (N, 4, 4), `depth` (N, A) anchor depths,
     `focals` (N,).
@@ -86,22 +112,30 @@ def decode(params: dict, problem: SparseProblem, depth_levels: int) -> dict:
     K = jnp.stack([jnp.stack([focals, zero, c[:, 0]], -1), jnp.stack([zero, focals, c[:, 1]], -1),
                    jnp.stack([zero, zero, one], -1)], -2)
     sizes = jnp.exp(params["log_sizes"])
-    g = 1 / jnp.min(sizes)  # anti-collapse global scale (gradient shared evenly by ties, as torch)
+    if known_poses:
+        # anti-collapse global scale; 1 where known poses fix the scale
+        g = jnp.where(problem.free_scale > 0, 1 / jnp.min(sizes), 1.0)
+    else:
+        g = 1 / jnp.min(sizes)  # anti-collapse global scale (gradient shared evenly by ties, as torch)
     z_cam = sizes * problem.median_depths * focals / problem.base_focals
     q = params["quats"]
     q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
     R = quat_xyzw_to_rotmat(q, xnp=jnp)
     rel = jnp.concatenate([jnp.concatenate([R, params["trans"][:, :, None]], -1),
                            jnp.broadcast_to(jnp.asarray([[[0.0, 0.0, 0.0, 1.0]]], jnp.float32), (n, 1, 4))], -2)
-    # kinematic chain: after k rounds every camera at depth <= k holds parent @ rel (official product order)
-    is_root = (problem.parents == jnp.arange(n))[:, None, None]
-    P = rel
-    for _ in range(depth_levels):
-        P = jnp.where(is_root, rel, _matmul(P[problem.parents], rel))
-    offset = z_cam[:, None] * jnp.concatenate([imsizes / focals[:, None] * (0.5 - pps), one[:, None]], -1)
-    Rc = P[:, :3, :3]
-    t = g * (P[:, :3, 3] - jnp.einsum("nij,nj->ni", Rc, offset, precision=HIGHEST))
-    cam2w = jnp.concatenate([jnp.concatenate([Rc, t[:, :, None]], -1), P[:, 3:4, :]], -2)
+    if known_poses:
+        cam2w, P = _chain_known(rel, problem, depth_levels, g, z_cam, focals, pps)
+        Rc, t = cam2w[:, :3, :3], cam2w[:, :3, 3]
+    else:  # the official chain, kept op for op (the parity runs are chaotic: any reordering changes them)
+        # kinematic chain: after k rounds every camera at depth <= k holds parent @ rel (official product order)
+        is_root = (problem.parents == jnp.arange(n))[:, None, None]
+        P = rel
+        for _ in range(depth_levels):
+            P = jnp.where(is_root, rel, _matmul(P[problem.parents], rel))
+        offset = z_cam[:, None] * jnp.concatenate([imsizes / focals[:, None] * (0.5 - pps), one[:, None]], -1)
+        Rc = P[:, :3, :3]
+        t = g * (P[:, :3, 3] - jnp.einsum("nij,nj->ni", Rc, offset, precision=HIGHEST))
+        cam2w = jnp.concatenate([jnp.concatenate([Rc, t[:, :, None]], -1), P[:, 3:4, :]], -2)
     Rt = jnp.swapaxes(Rc, -1, -2)  # rigid inverse (the official inverts the 4x4 with linalg.inv: same to round-off)
     w2cam = jnp.concatenate([jnp.concatenate([Rt, -jnp.einsum("nij,nj->ni", Rt, t, precision=HIGHEST)[:, :, None]], -1),
                              P[:, 3:4, :]], -2)
@@ -131,10 +165,10 @@ def _weighted(loss: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def stage_loss(params: dict, problem: SparseProblem, *, stage: str, depth_levels: int, gamma: float,
-               gamma_fallback: float, fallback_w: float) -> jax.Array:
+               gamma_fallback: float, fallback_w: float, known_poses: bool = False) -> jax.Array:
     """The coarse (3D matching, `stage='3d'`) or fine (2D reprojection, `'2d'`) loss plus the weighted
     DUSt3R fallback for pairs that fail the matching threshold."""
-    cams = decode(params, problem, depth_levels)
+    cams = decode(params, problem, depth_levels, known_poses)
     X = points_world(cams, problem, problem.pt_img, problem.pt_uv, problem.pt_anchor, problem.pt_offset)
     if stage == "3d":
         d = safe_norm(X[problem.m_p] - X[problem.m_q])
@@ -161,24 +195,30 @@ def cosine_lrs(lr: float, niter: int) -> np.ndarray:
     return (lr * (1 + np.cos(alpha * np.pi)) / 2).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("stage", "depth_levels", "gamma", "gamma_fallback", "fallback_w"))
+@functools.partial(jax.jit, static_argnames=("stage", "depth_levels", "gamma", "gamma_fallback", "fallback_w",
+                                             "eps_root", "known_poses"))
 def run_stage(params: dict, problem: SparseProblem, lrs: jax.Array, trainable: dict, *, stage: str,
-              depth_levels: int, gamma: float, gamma_fallback: float = 1.1, fallback_w: float = 0.01):
+              depth_levels: int, gamma: float, gamma_fallback: float = 1.1, fallback_w: float = 0.01,
+              eps_root: float = 0.0, known_poses: bool = False):
     """One optimisation stage: `len(lrs)` optax Adam(b1 = b2 = 0.9, no weight decay) steps as one `lax.scan`.
 
     Args:
         params: initial parameters. lrs: (niter,) learning rates (`cosine_lrs`). trainable: params-shaped
             float 0/1 masks (a zero gradient leaves Adam's state at 0 and the parameter exactly unchanged, as
             torch's frozen parameters).
+        eps_root: Adam's epsilon inside the square root (0 = torch; > 0 where the stage is differentiated,
+            as sqrt has an infinite derivative at 0).
+        known_poses: honour the problem's known poses (`decode`).
 
     Returns:
         (result, final, losses (niter,), n_run): the parameters at the start of the last iteration run (what
         the official stage returns), after its step (where the next stage starts), the loss of each iteration
         (NaN after an early stop) and the number of iterations run.
     """
-    opt = optax.scale_by_adam(b1=0.9, b2=0.9, eps=1e-8)
+    opt = optax.scale_by_adam(b1=0.9, b2=0.9, eps=1e-8, eps_root=eps_root)
     loss_fn = functools.partial(stage_loss, problem=problem, stage=stage, depth_levels=depth_levels,
-                                gamma=gamma, gamma_fallback=gamma_fallback, fallback_w=fallback_w)
+                                gamma=gamma, gamma_fallback=gamma_fallback, fallback_w=fallback_w,
+                                known_poses=known_poses)
     grad_fn = jax.value_and_grad(loss_fn)
 
     def step(carry, lr):
@@ -201,9 +241,84 @@ def run_stage(params: dict, problem: SparseProblem, lrs: jax.Array, trainable: d
     return result, final, losses, n_run
 
 
-@functools.partial(jax.jit, static_argnames=("depth_levels",))
-def final_state(params: dict, problem: SparseProblem, depth_levels: int) -> dict:
+@functools.partial(jax.jit, static_argnames=("depth_levels", "known_poses"))
+def final_state(params: dict, problem: SparseProblem, depth_levels: int, known_poses: bool = False) -> dict:
     """`decode` plus the world points of every matched-pixel entry (`pts3d` (P, 3)), in one compiled call."""
-    cams = decode(params, problem, depth_levels)
+    cams = decode(params, problem, depth_levels, known_poses)
     pts = points_world(cams, problem, problem.pt_img, problem.pt_uv, problem.pt_anchor, problem.pt_offset)
     return {**cams, "pts3d": pts}
+
+
+def align_arrays(params: dict, problem: SparseProblem, trainable: tuple[dict, dict], *, depth_levels: int,
+                 lr1: float = 0.07, niter1: int = 300, lr2: float = 0.01, niter2: int = 300,
+                 loss_dust3r_w: float = 0.01, eps_root: float = 1e-12, known_poses: bool = False) -> dict:
+    """The whole optimisation as one pure function of arrays: initial parameters and problem -> cameras.
+
+    Differentiable (`jax.grad`, `jax.jvp`) with respect to every float array of `params` and `problem`, in
+    particular the pointmap-derived ones: `core_depth` and `median_depths` (canonical anchor depths),
+    `pt_offset` (canonical depth offsets), `base_focals`, `fb_tgt` (pairwise cross pointmaps); use
+    `problem_from_canonical` to differentiate with respect to the canonical pointmaps themselves. The
+    gradient runs backwards through every Adam step (memory grows with the iterations; use few). No early stop
+    on a non-finite loss here (the stage masks its remaining steps, the caller sees NaN).
+
+    Args:
+        params: `initial_params(...)` (a dict pytree). problem: a `SparseProblem` (jax arrays).
+        trainable: (coarse, fine) masks as `f3d_jax.sparse.api.stage_masks`.
+        depth_levels: chain rounds (`Condensed.depth_levels`). lr1, niter1, lr2, niter2, loss_dust3r_w: as
+            `sparse_global_alignment` (0 iterations skip a stage).
+        eps_root: Adam's epsilon under the square root (> 0 keeps the gradients of frozen parameters finite;
+            `sparse_global_alignment` uses 0 as torch).
+        known_poses: honour the problem's known poses (as `prepare` sets them from `init`; static).
+
+    Returns:
+        dict `K` (N, 3, 3), `cam2w` (N, 4, 4), `w2cam`, `depth` (N, A) anchor depths, `focals` (N,), `pts3d`
+        (P, 3) world points of the matched-pixel entries, `loss` (niter1 + niter2,) the loss curve: the state at
+        the start of the last iteration of the last stage run (as the official).
+    """
+    common = dict(depth_levels=depth_levels, gamma_fallback=1.1, fallback_w=float(loss_dust3r_w),
+                  eps_root=float(eps_root), known_poses=bool(known_poses))
+    result, losses = params, []
+    for lr, niter, stage, gamma, mask in ((lr1, niter1, "3d", 1.5, trainable[0]), (lr2, niter2, "2d", 0.5, trainable[1])):
+        if niter == 0:
+            continue
+        result, params, curve, _ = run_stage(params, problem, jnp.asarray(cosine_lrs(lr, niter)), mask, stage=stage,
+                                             gamma=gamma, **common)
+        losses.append(curve)
+    out = final_state(result, problem, depth_levels, bool(known_poses))
+    return {**out, "loss": jnp.concatenate(losses) if losses else jnp.zeros(0, jnp.float32)}
+
+
+def problem_from_canonical(problem: SparseProblem, canon: jax.Array, canon2: jax.Array, subsample: int,
+                           base_focals: bool = True, n_entries: int | None = None) -> SparseProblem:
+    """Recompute the canonical-pointmap leaves of `problem` in jnp (differentiable), for images of one size.
+
+    Args:
+        problem: the problem of `prepare` (its pixel entries, matches and padding are kept).
+        canon: (N, H, W, 3) canonical pointmaps. canon2: (N, H, W) canonical relative depth offsets.
+        subsample: the anchor stride of the problem.
+        base_focals: also recompute the Weiszfeld base focals from `canon` (else keep the problem's).
+        n_entries: number of real pixel entries (`sum(Condensed.n_points)`); the padding after them keeps its
+            offset (without it, padding gets an arbitrary offset, harmless: it carries no weight).
+
+    Returns:
+        `problem` with `core_depth`, `median_depths`, `pt_offset` (and `base_focals`) from the arrays; equal to
+        the host computation of `prepare` up to float32 round-off. The initial parameters hold copies of the
+        anchor depths and focals: set `params['core_depth'] = problem.core_depth` and `params['log_focals'] =
+        log(problem.base_focals)` so that they follow the pointmaps too.
+    """
+    from f3d_jax.geometry.focal import estimate_focal_weiszfeld
+
+    n, H, W = canon.shape[:3]
+    s = subsample
+    cd = canon[:, s // 2 :: s, s // 2 :: s, 2].reshape(n, -1)
+    med = jnp.sort(cd, axis=1)[:, (cd.shape[1] - 1) // 2]  # torch's lower median
+    core = problem.core_depth.at[:, : cd.shape[1]].set(cd / med[:, None])
+    anchors2 = canon2[:, s // 2 :: s, s // 2 :: s].reshape(n, -1)
+    uv = problem.pt_uv.astype(jnp.int32)
+    off = canon2[problem.pt_img, uv[:, 1], uv[:, 0]] / anchors2[problem.pt_img, problem.pt_anchor]
+    if n_entries is not None:  # padding keeps its neutral offset 1 (it carries no weight either way)
+        off = jnp.where(jnp.arange(off.shape[0]) < n_entries, off, problem.pt_offset)
+    upd = dict(core_depth=core, median_depths=med, pt_offset=off)
+    if base_focals:
+        upd["base_focals"] = estimate_focal_weiszfeld(canon, min_focal=0.5, max_focal=3.5, xnp=jnp)
+    return dataclasses.replace(problem, **upd)

@@ -236,7 +236,8 @@ def test_bad_inputs(case, cache):
             p2["desc"][0, 5, 7, 0] = np.nan
             return p1, p2
 
-    with pytest.raises(ValueError, match=r"model\(view 1, view 0\)\[1\]\['desc'\] has non-finite"):
+    with pytest.raises(ValueError, match=r"model\(view 1, view 0\)\[1\]\['desc'\] has non-finite values \(NaN/inf\) "
+                                         r"in the pair of images 1 \(view_001.png\) and 0 \(view_000.png\)"):
         sparse_global_alignment(names, pairs, NaNDesc(inp), niter1=1, niter2=0)
     # pairs only inside {0, 1} and {2, 3}: two components, named
     split = [p for p in pairs if {p[0]["idx"], p[1]["idx"]} in ({0, 1}, {2, 3})]
@@ -275,7 +276,7 @@ def test_non_finite_loss_stops_the_stage(case, cache, full):
 
 
 def test_known_intrinsics(case, cache):
-    """`init` intrinsics (official option): the coarse stage keeps them exactly; known poses are refused."""
+    """`init` intrinsics (official option): the coarse stage keeps them exactly."""
     gt = case["gt"]
     K = np.zeros((4, 3, 3), np.float32)
     K[:, 0, 0] = K[:, 1, 1] = gt["focals"]
@@ -288,9 +289,6 @@ def test_known_intrinsics(case, cache):
     assert scene.loss_curve.shape == (300,) and scene.loss_curve[-1] < scene.loss_curve[0]
     pose = pose_metrics(scene.cam2world, gt["cam2world"])
     assert pose["RRA@5"] == 1.0
-    with pytest.raises(NotImplementedError, match="known poses"):
-        sparse_global_alignment(case["names"], case["pairs"], None, cache_dir=cache["dir"],
-                                init={case["names"][0]: {"cam2w": np.eye(4)}}, **DEMO)
 
 
 def test_decode_follows_a_deep_kinematic_chain():
@@ -312,7 +310,9 @@ def test_decode_follows_a_deep_kinematic_chain():
         median_depths=rng.uniform(1, 3, n).astype(np.float32), core_depth=rng.uniform(0.8, 1.2, (n, A)).astype(np.float32),
         parents=parents.astype(np.int32), pt_img=z.astype(np.int32), pt_uv=np.zeros((1, 2), np.float32),
         pt_anchor=z.astype(np.int32), pt_offset=z + 1, m_p=z.astype(np.int32), m_q=z.astype(np.int32), m_conf=z,
-        fb_pt=z.astype(np.int32), fb_cam=z.astype(np.int32), fb_tgt=np.zeros((1, 3), np.float32), fb_conf=z)
+        fb_pt=z.astype(np.int32), fb_cam=z.astype(np.int32), fb_tgt=np.zeros((1, 3), np.float32), fb_conf=z,
+        known_pose=np.zeros(n, np.float32), known_cam2w=np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
+        free_scale=np.float32(1))
     params = dict(quats=rng.normal(size=(n, 4)).astype(np.float32), trans=rng.normal(size=(n, 3)).astype(np.float32),
                   log_sizes=rng.normal(0, 0.3, n).astype(np.float32), pps=rng.uniform(0.4, 0.6, (n, 2)).astype(np.float32),
                   log_focals=np.log(rng.uniform(50, 70, n)).astype(np.float32), core_depth=problem.core_depth)

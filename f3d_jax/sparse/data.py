@@ -139,8 +139,10 @@ def collect_pairs(
                 subsample=subsample, dist="dot", block_size=BLOCK_SIZE)
             s = subsample
             score = float(np.sqrt(np.sqrt(C["11"].mean() * C["12"].mean() * C["21"].mean() * C["22"].mean())))
-            d = dict(X11=X["11"], C11=C["11"], X22=X["22"], C22=C["22"],
-                     X21s=X["21"][::s, ::s], C21s=C["21"][::s, ::s], X12s=X["12"][::s, ::s], C12s=C["12"][::s, ::s],
+            # copies, not strided views: a view would keep each pair's full-resolution maps alive for the whole
+            # alignment (memory growing with pairs x H x W instead of pairs x anchors)
+            sub = {f"{a}{k}s": np.ascontiguousarray(m[k][::s, ::s]) for a, m in (("X", X), ("C", C)) for k in ("21", "12")}
+            d = dict(X11=X["11"], C11=C["11"], X22=X["22"], C22=C["22"], **sub,
                      xy_i=xy_i, xy_j=xy_j, conf=conf, score=np.float64(score))
             if cache is not None:
                 _save_atomic(cache, **d)

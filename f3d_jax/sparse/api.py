@@ -249,7 +249,7 @@ def sparse_global_alignment(
     for lr, niter, stage, gamma, mask in ((lr1, niter1, "3d", 1.5, trainable[0]), (lr2, niter2, "2d", 0.5, trainable[1])):
         if niter == 0:
             continue
-        result, final, losses, n_run = run_stage(params, problem, jnp.asarray(cosine_lrs(lr, niter)), mask,
+        result, final, losses, n_run = run_stage(params, problem, jax.device_put(cosine_lrs(lr, niter)), mask,
                                                  stage=stage, gamma=gamma, **common)
         n_run = int(n_run)
         curves.append(np.asarray(losses)[:n_run])
@@ -342,11 +342,12 @@ def prepare(names: list[str], pairs, model, *, subsample: int = 8, desc_conf: st
         chain = reroot(chain, next(b for _, b in chain.edges if b in known.cam2w))
     cond = condense(n, keys, pair_data, canon, chain.parents(n), depth_bucket(chain.depth()), int(subsample),
                     float(matching_conf_thr))
-    problem = jax.tree.map(jnp.asarray, cond.problem)
+    # device_put, not jnp.asarray: the same arrays, without compiling one small conversion program per field
+    problem = jax.device_put(cond.problem)
     weights = np.asarray([c.conf.mean() for c in canon], np.float32)
     params = initial_params(problem, shared_intrinsics, weights)
     params, problem = _apply_init(known, params, problem, pair_data, canon)
-    problem = jax.tree.map(jnp.asarray, problem)
+    problem = jax.device_put(problem)
     return Prepared(pair_data, canon, chain, cond, problem, params, known)
 
 
@@ -356,16 +357,17 @@ def stage_masks(params: dict, opt_pp: bool = True, opt_depth: bool = True, fixed
     principal points if `opt_pp`, anchor depths if `opt_depth`). Images in `fixed_pose` keep their rotation and
     translation parameters, those in `fixed_intrinsics` their focal and principal point (with shared
     intrinsics, any fixed image freezes the shared ones)."""
-    def rows(a, fixed):
-        m = np.ones(a.shape, np.float32)
+    def rows(a, fixed, value=1.0):
+        m = np.full(a.shape, value, np.float32)
         if len(fixed):
             m[np.asarray(fixed) if a.shape[0] > 1 else 0] = 0
-        return jnp.asarray(m)
+        return m
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    # host numpy, one device_put per mask: no small eager programs to compile on the first call
+    zeros = {k: np.zeros(np.shape(v), np.float32) for k, v in params.items()}
     coarse = {**zeros, "quats": rows(params["quats"], fixed_pose), "trans": rows(params["trans"], fixed_pose),
-              "log_sizes": jnp.ones_like(params["log_sizes"])}
+              "log_sizes": rows(params["log_sizes"], ())}
     fine = {**coarse, "log_focals": rows(params["log_focals"], fixed_intrinsics),
-            "pps": rows(params["pps"], fixed_intrinsics) * float(bool(opt_pp)),
-            "core_depth": jnp.full_like(params["core_depth"], float(bool(opt_depth)))}
-    return coarse, fine
+            "pps": rows(params["pps"], fixed_intrinsics, float(bool(opt_pp))),
+            "core_depth": rows(params["core_depth"], (), float(bool(opt_depth)))}
+    return jax.device_put(coarse), jax.device_put(fine)

@@ -59,15 +59,17 @@ def initial_params(problem: SparseProblem, shared_intrinsics: bool, weights: np.
     With `shared_intrinsics`, one pp and log focal initialised with the average weighted by `weights`
     (the images' mean canonical confidence)."""
     n = problem.imsizes.shape[0]
-    quats = jnp.tile(jnp.asarray([0.0, 0.0, 0.0, 1.0], jnp.float32), (n, 1))
-    pps = jnp.full((n, 2), 0.5, jnp.float32)
+    # constants built on the host (exact values; no small eager programs to compile on a first call)
+    quats = jax.device_put(np.tile(np.asarray([0.0, 0.0, 0.0, 1.0], np.float32), (n, 1)))
+    pps = jax.device_put(np.full((n, 2), 0.5, np.float32))
     log_focals = jnp.log(jnp.asarray(problem.base_focals, jnp.float32))
     if shared_intrinsics:
         w = jnp.asarray(weights, jnp.float32)
         w = w / w.sum()
         pps = (w @ pps)[None]
         log_focals = jnp.log(w @ jnp.asarray(problem.base_focals, jnp.float32))[None]
-    return dict(quats=quats, trans=jnp.zeros((n, 3), jnp.float32), log_sizes=jnp.zeros((n,), jnp.float32),
+    return dict(quats=quats, trans=jax.device_put(np.zeros((n, 3), np.float32)),
+                log_sizes=jax.device_put(np.zeros((n,), np.float32)),
                 pps=pps, log_focals=log_focals, core_depth=jnp.asarray(problem.core_depth, jnp.float32))
 
 

@@ -147,18 +147,43 @@ class AsymmetricCroCo3DStereo(nnx.Module):
           dict of (B, H, W, ...) float32 maps: pts3d, conf (+ desc, desc_conf for MASt3R).
 
         `remat` checkpoints the whole head (`f3d_jax.nn.remat`): its full-resolution activations are rebuilt in
-        the backward pass instead of being kept for every head call of the step (four in a symmetric step).
+        the backward pass instead of being kept for every head call of the step (four in a symmetric step), and
+        a layout no entry needs is skipped (`_head_remat`).
         """
         head = self.downstream_head1 if which == 1 else self.downstream_head2
         decout = [t.astype(jnp.float32) for t in decout]  # the official heads run in float32
 
+        if remat is not None and remat != "none":
+            return self._head_remat(head, decout, hw, true_shape, remat)
+
         def head_fn(layout: tuple[int, int], orientation: str) -> dict[str, jax.Array]:
             tag = f"{orientation}." if orientation else ""
-            if remat is None or remat == "none":
-                return self._postprocess(head.raw(decout, layout, inter, f"{name}.head.{tag}"))
-            return checkpointed(lambda d: self._postprocess(head.raw(d, layout)), remat)(decout)
+            return self._postprocess(head.raw(decout, layout, inter, f"{name}.head.{tag}"))
 
         return transpose_to_landscape(head_fn, hw, true_shape, self.cfg.landscape_only)
+
+    def _head_remat(self, head: nnx.Module, decout: list[jax.Array], hw: tuple[int, int],
+                    true_shape: jax.Array | None, remat: str) -> dict[str, jax.Array]:
+        """`head` of the training step with remat: each layout's head is checkpointed inside a `lax.cond` that runs
+        it only when an entry of the batch needs it (as the official `transpose_to_landscape`, which calls the
+        head once for an all-landscape batch). The cond also keeps XLA:CPU from merging the backward's
+        recomputation into the forward (`f3d_jax.nn.remat`). Same values as `transpose_to_landscape`."""
+        def run(layout: tuple[int, int]) -> dict[str, jax.Array]:
+            return checkpointed(lambda d: self._postprocess(head.raw(d, layout)), remat)(decout)
+
+        def only_if(pred: jax.Array, layout: tuple[int, int]) -> dict[str, jax.Array]:
+            shapes = jax.eval_shape(lambda: run(layout))
+            return jax.lax.cond(pred, lambda: run(layout),
+                                lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+
+        if not self.cfg.landscape_only or true_shape is None:
+            return only_if(jnp.bool_(True), hw)
+        h, w = min(hw), max(hw)
+        is_portrait = true_shape[:, 1] < true_shape[:, 0]
+        land = only_if(~jnp.all(is_portrait), (h, w))
+        port = only_if(jnp.any(is_portrait), (w, h))
+        return {k: jnp.where(is_portrait.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.swapaxes(port[k], 1, 2), v)
+                for k, v in land.items()}
 
     # -- full forward ----------------------------------------------------------------------------
 

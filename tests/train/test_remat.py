@@ -23,27 +23,32 @@ SMALL_CROCO = ("CroCoNet(img_size=64, patch_size=8, mask_ratio=0.75, enc_embed_d
                "dec_embed_dim=32, dec_depth=2, dec_num_heads=2, pos_embed='RoPE100')")
 
 
-def _value_and_grad(loss_fn, params, batch):
-    return jax.jit(jax.value_and_grad(lambda p: loss_fn(p, batch, jax.random.key(1))[0]))(params)
-
-
 def test_remat_keeps_the_stereo_loss_and_gradients():
     """DUSt3R step (symmetrised batch, official criterion): loss and every gradient leaf with remat='blocks'
-    equal those without, to 1e-6 (float32 reassociation at most)."""
+    equal those without, to 1e-6 (float32 reassociation at most), on an all-landscape batch (remat skips the
+    portrait head) and on a batch mixing a landscape and a portrait entry (both heads, selected per entry)."""
     mc = TrainConfig(model=TINY_DUST3R, criterion=CRITERION).model_config()
     params = loop.init_params(mc, 0)
     source = data.SyntheticPairs(2, size=(64, 48), seed=0)
     it = data.iterate(data.make_pair_dataset(source, data.DataConfig(batch_size=2, resolutions=((64, 48),))))
     batch = loop.numeric(next(it))
+    mixed = jax.tree.map(np.copy, batch)
+    for v in ("view1", "view2"):
+        mixed[v]["true_shape"][1] = mixed[v]["true_shape"][1][::-1]  # entry 1: portrait (64, 48)
     crit = build_criterion(CRITERION)
-    l0, g0 = _value_and_grad(loop.stereo_loss_fn(mc, crit), params, batch)
-    l1, g1 = _value_and_grad(loop.stereo_loss_fn(mc, crit, remat="blocks"), params, batch)
-    assert np.isfinite(float(l0)) and float(l0) > 0
-    np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g0))
-    assert scale > 1e-3  # the gradients are not trivially zero
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g0)[0], jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path))
+    grads = {}
+    for remat in ("none", "blocks"):
+        lf = loop.stereo_loss_fn(mc, crit, remat=remat)
+        f = jax.jit(jax.value_and_grad(lambda p, b, lf=lf: lf(p, b, jax.random.key(1))[0]))
+        grads[remat] = [f(params, b) for b in (batch, mixed)]
+    for (l0, g0), (l1, g1) in zip(grads["none"], grads["blocks"]):
+        assert np.isfinite(float(l0)) and float(l0) > 0
+        np.testing.assert_allclose(l1, l0, rtol=1e-6)
+        scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g0))
+        assert scale > 1e-3  # the gradients are not trivially zero
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g0)[0], jax.tree.leaves(g1), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path))
+    assert abs(float(grads["none"][1][0]) - float(grads["none"][0][0])) > 1e-4  # the portrait entry mattered
 
 
 def test_remat_shrinks_the_compiled_croco_step():

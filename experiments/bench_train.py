@@ -16,6 +16,8 @@ fp32: f3d-jax 136 s/step vs official 359 s/step (2.6x; 1.11 TFLOP/step by XLA's 
 8.8 GB), before the `--remat` option (that run kept everything: `--remat none`). DUSt3R-512 DPT does not fit
 this machine: XLA asked for 36 GB at batch 1 without remat (23 GB RAM here); with `--remat blocks` (the default
 here) the step reached 20 GB of RSS and was killed by the kernel's OOM killer on the shared machine.
+With `--remat blocks|dots` the block stacks run under `lax.scan` and XLA's cost analysis counts a scanned block
+once, so the TFLOP/step and MFU figures are only meaningful with `--remat none`.
 
 The DUSt3R criterion is `ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)` from
 f3d_jax.train.losses when present; until that module is merged a stand-in with the same structure

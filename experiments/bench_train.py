@@ -13,7 +13,11 @@ With F3D_REFERENCE_ROOT set (the official code + a torch venv, as for bench_netw
 
 Measured on the 2-core CPU dev machine (heavily shared, load ~10: noisy), CroCo v2 ViT-L/Base, batch 2 pairs,
 fp32: f3d-jax 136 s/step vs official 359 s/step (2.6x; 1.11 TFLOP/step by XLA's count; peak RSS 9.9 GB vs
-8.8 GB). DUSt3R-512 DPT does not fit this machine: XLA asks for 36 GB at batch 1 (23 GB RAM here).
+8.8 GB), before the `--remat` option (that run kept everything: `--remat none`). DUSt3R-512 DPT does not fit
+this machine: XLA asked for 36 GB at batch 1 without remat (23 GB RAM here); with `--remat blocks` (the default
+here) the step reached 20 GB of RSS and was killed by the kernel's OOM killer on the shared machine.
+With `--remat blocks|dots` the block stacks run under `lax.scan` and XLA's cost analysis counts a scanned block
+once, so the TFLOP/step and MFU figures are only meaningful with `--remat none`.
 
 The DUSt3R criterion is `ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)` from
 f3d_jax.train.losses when present; until that module is merged a stand-in with the same structure
@@ -103,7 +107,7 @@ def jax_worker(args) -> dict:
     cfg = config_from_official(name, with_defaults(name, kw))
     precision = None if args.precision == "auto" else args.precision
     if args.model == "croco":
-        loss_fn = loop.croco_loss_fn(cfg, True, precision)
+        loss_fn = loop.croco_loss_fn(cfg, True, precision, args.remat)
         criterion = "MaskedMSE(norm_pix_loss=True)"
     else:
         try:
@@ -111,7 +115,7 @@ def jax_worker(args) -> dict:
             crit, criterion = build_criterion(CRITERION), CRITERION
         except ImportError:
             crit, criterion = standin_criterion, "stand-in of " + CRITERION
-        loss_fn = loop.stereo_loss_fn(cfg, crit, precision=precision)
+        loss_fn = loop.stereo_loss_fn(cfg, crit, precision=precision, remat=args.remat)
     if args.attention == "cudnn":  # the stereo step's attention (CroCo's forward has no impl switch)
         import functools
 
@@ -262,6 +266,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--precision", default="auto", choices=["auto", "highest", "high", "default"])
     ap.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
+    ap.add_argument("--remat", default="blocks", choices=["none", "blocks", "dots"],
+                    help="f3d-jax side: rematerialisation of the training forward (f3d_jax.nn.remat)")
     ap.add_argument("--amp", type=int, default=0, help="official side: CUDA autocast (CroCo's --amp 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
@@ -277,12 +283,13 @@ def main() -> None:
     for name in args.models:
         common = ["--batch", str(args.batch), "--steps", str(args.steps), "--seed", str(args.seed), "--model", name]
         jx = run_worker([__file__, "--worker", "jax", "--dtype", args.dtype, "--precision", args.precision,
-                         "--attention", args.attention, *common])
+                         "--attention", args.attention, "--remat", args.remat, *common])
         tok = tokens_per_step(name, args.batch)
         mfu = jx["flops"] / jx["step_s"] / jx["peak_flops"]
         mem = (f"device peak {jx['device_peak_mb']:.0f} MB" if "device_peak_mb" in jx
                else f"XLA live buffers {jx.get('xla_live_mb', float('nan')):.0f} MB")
-        print(f"\n{name} {MODELS[name][1][0]}x{MODELS[name][1][1]} batch {args.batch} {args.dtype} on {jx['device']} "
+        print(f"\n{name} {MODELS[name][1][0]}x{MODELS[name][1][1]} batch {args.batch} {args.dtype} remat={args.remat} "
+              f"on {jx['device']} "
               f"(criterion: {jx['criterion']})")
         print(f"  f3d-jax : {jx['step_s']:.3f} s/step (all {['%.3f' % t for t in jx['all_s']]}), "
               f"{tok / jx['step_s']:.0f} tokens/s, {args.batch / jx['step_s']:.3f} pairs/s, compile "

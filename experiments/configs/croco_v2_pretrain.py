@@ -28,6 +28,7 @@ CONFIG = TrainConfig(
     norm_pix_loss=True,
     data=DataConfig(source="synthetic", size=(224, 224)),
     compute_dtype="float32",  # --amp 0; "bfloat16" for speed (fp32 master weights)
+    remat="blocks",  # keep only block inputs for the backward pass (docs/training.md: memory)
     log_every=20,
     save_every=ITERS_PER_EPOCH,
     keep=3,

@@ -22,6 +22,7 @@ CONFIG = TrainConfig(
     steps=100 * 6250,
     optim=OptimConfig(lr=1e-4, min_lr=1e-6, warmup_epochs=10, epochs=100, weight_decay=0.05),
     data=DataConfig(source="synthetic", size=(224, 224)),
+    remat="blocks",  # keep only block inputs for the backward pass (docs/training.md: memory)
     log_every=20,
     save_every=5 * 6250,
 )

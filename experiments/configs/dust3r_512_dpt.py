@@ -21,6 +21,7 @@ CONFIG = TrainConfig(
     steps=90 * 2500 // 2,
     optim=OptimConfig(lr=1e-4, min_lr=1e-6, warmup_epochs=15, epochs=90, weight_decay=0.05),
     data=DataConfig(source="synthetic", size=(384, 512)),
+    remat="blocks",  # keep only block inputs for the backward pass (docs/training.md: memory)
     log_every=10,
     save_every=5 * 2500 // 2,
 )

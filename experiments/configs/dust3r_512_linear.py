@@ -21,6 +21,7 @@ CONFIG = TrainConfig(
     steps=100 * 2500 // 2,  # optimiser updates: 100 epochs of 2500 micro-batches, 2 per update
     optim=OptimConfig(lr=1e-4, min_lr=1e-6, warmup_epochs=20, epochs=100, weight_decay=0.05),
     data=DataConfig(source="synthetic", size=(384, 512)),
+    remat="blocks",  # keep only block inputs for the backward pass (docs/training.md: memory)
     log_every=10,
     save_every=10 * 2500 // 2,
 )

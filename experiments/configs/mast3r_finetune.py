@@ -26,6 +26,7 @@ CONFIG = TrainConfig(
     steps=50 * ITERS // 2,
     optim=OptimConfig(lr=1e-4, min_lr=1e-6, warmup_epochs=8, epochs=50, weight_decay=0.05),
     data=DataConfig(source="synthetic", size=(384, 512)),
+    remat="blocks",  # keep only block inputs for the backward pass (docs/training.md: memory)
     log_every=10,
     save_every=ITERS // 2,
 )

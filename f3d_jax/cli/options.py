@@ -299,6 +299,9 @@ class Train:
     """override the initial weights (None: the config's); ignored when resuming."""
     dtype: Literal[None, "float32", "bfloat16"] = None
     """override the compute dtype (None: the config's); master weights stay float32."""
+    remat: Literal[None, "none", "blocks", "dots"] = None
+    """override the rematerialisation of the training forward (None: the config's): 'blocks' least memory,
+    'none' fastest."""
     distributed: bool = False
     """multi-host run: call jax.distributed.initialize() first (TPU pods, SLURM or JAX_* variables)."""
     quiet: bool = False

@@ -636,7 +636,7 @@ def train_cmd(opts: Train) -> int:
     cfg = load_config(opts.config)
     overrides = {"steps": opts.steps, "batch_size": opts.batch_size, "accum_iter": opts.accum_iter,
                  "mesh_data": opts.mesh_data, "mesh_fsdp": opts.mesh_fsdp, "pretrained": opts.pretrained,
-                 "compute_dtype": opts.dtype}
+                 "compute_dtype": opts.dtype, "remat": opts.remat}
     cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
     if opts.distributed:
         import jax

@@ -12,6 +12,7 @@ from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
 from f3d_jax.nn.patch_embed import PatchEmbed, patchify
 from f3d_jax.nn.pos_embed import sincos_2d
+from f3d_jax.nn.remat import scan_blocks
 
 Inter = dict[str, jax.Array] | None
 
@@ -70,7 +71,7 @@ class CroCoNet(nnx.Module):
         self.dec_norm = layer_norm(cfg.dec_embed_dim, rngs)
         self.prediction_head = nnx.Linear(cfg.dec_embed_dim, cfg.patch_size**2 * 3, rngs=rngs)
 
-    def _encode(self, img: jax.Array, mask: jax.Array | None, inter: Inter, name: str):
+    def _encode(self, img: jax.Array, mask: jax.Array | None, inter: Inter, name: str, remat: str | None = None):
         x, pos = self.patch_embed(img)
         _record(inter, f"{name}.patch_embed", x)
         _record(inter, f"{name}.pos", pos)
@@ -83,21 +84,25 @@ class CroCoNet(nnx.Module):
             x = jnp.take_along_axis(x, vis[..., None], axis=1)
             pos = jnp.take_along_axis(pos, vis[..., None], axis=1)
             _record(inter, f"{name}.enc_pos_vis", pos)
-        for i, blk in enumerate(self.enc_blocks):
-            x = blk(x, pos)
-            _record(inter, f"{name}.enc_block{i}", x)
+        if remat is None or remat == "none":
+            for i, blk in enumerate(self.enc_blocks):
+                x = blk(x, pos)
+                _record(inter, f"{name}.enc_block{i}", x)
+        else:  # training: checkpointed blocks under one scan (f3d_jax.nn.remat)
+            x, _ = scan_blocks([(b,) for b in self.enc_blocks], lambda x, b: (b(x, pos), None), x, remat)
         x = self.enc_norm(x)
         _record(inter, f"{name}.enc_out", x)
         return x, pos
 
     def __call__(self, img1: jax.Array, img2: jax.Array, mask: jax.Array,
-                 inter: Inter = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 inter: Inter = None, remat: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Pretraining forward.
 
         Args:
           img1, img2: (B, S, S, 3) ImageNet-normalised images, S = img_size.
           mask: (B, N) bool, True = hidden token of img1, exactly `int(mask_ratio*N)` per row.
           inter: optional dict filled with named intermediates.
+          remat: checkpoint each encoder / decoder block (`f3d_jax.nn.remat`; training only).
 
         Returns:
           out (B, N, p*p*3) predicted patches, mask (B, N), target (B, N, p*p*3) = patchify(img1).
@@ -105,8 +110,8 @@ class CroCoNet(nnx.Module):
         cfg = self.cfg
         if img1.shape[1:3] != cfg.img_size or img2.shape[1:3] != cfg.img_size:
             raise ValueError(f"CroCoNet expects {cfg.img_size} images, got {img1.shape[1:3]} and {img2.shape[1:3]}")
-        f1, _ = self._encode(img1, mask, inter, "img1")
-        f2, pos2 = self._encode(img2, None, inter, "img2")
+        f1, _ = self._encode(img1, mask, inter, "img1", remat)
+        f2, pos2 = self._encode(img2, None, inter, "img2", remat)
         y = self.decoder_embed(f2)
         v = self.decoder_embed(f1)
         _record(inter, "img1.dec_embed", v)
@@ -124,9 +129,12 @@ class CroCoNet(nnx.Module):
         _record(inter, "dec_in.y", y)
         _record(inter, "dec_in.xpos", xpos)
         _record(inter, "dec_in.ypos", pos2)
-        for i, blk in enumerate(self.dec_blocks):
-            x = blk(x, y, xpos, pos2)  # the img2 stream is not updated between blocks
-            _record(inter, f"dec_block{i}", x)
+        if remat is None or remat == "none":
+            for i, blk in enumerate(self.dec_blocks):
+                x = blk(x, y, xpos, pos2)  # the img2 stream is not updated between blocks
+                _record(inter, f"dec_block{i}", x)
+        else:  # training: checkpointed blocks under one scan (f3d_jax.nn.remat)
+            x, _ = scan_blocks([(b,) for b in self.dec_blocks], lambda x, b: (b(x, y, xpos, pos2), None), x, remat)
         x = self.dec_norm(x)
         _record(inter, "dec_out", x)
         out = self.prediction_head(x)

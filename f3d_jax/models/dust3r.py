@@ -18,6 +18,7 @@ from f3d_jax.models.heads import (CatMlpDPTHead, DPTHead, LinearHead, postproces
 from f3d_jax.nn.compat import nnx
 from f3d_jax.nn.layers import Block, DecoderBlock, layer_norm
 from f3d_jax.nn.patch_embed import PatchEmbed
+from f3d_jax.nn.remat import checkpointed, scan_blocks
 
 Inter = dict[str, jax.Array] | None
 
@@ -64,12 +65,14 @@ class AsymmetricCroCo3DStereo(nnx.Module):
     # -- encoder ---------------------------------------------------------------------------------
 
     def encode(self, img: jax.Array, true_shape: jax.Array | None = None, inter: Inter = None,
-               name: str = "view", impl: str | None = None) -> tuple[jax.Array, jax.Array]:
+               name: str = "view", impl: str | None = None,
+               remat: str | None = None) -> tuple[jax.Array, jax.Array]:
         """Encode a batch of images.
 
         Args:
           img: (B, H, W, 3) in [-1, 1].
           true_shape: (B, 2) int (height, width); used by the ManyAR (training) patch embedding only.
+          remat: checkpoint each block (`f3d_jax.nn.remat`; training only, None for inference).
 
         Returns:
           feat: (B, N, Ce) after `enc_norm`; pos: (B, N, 2) int32 (y, x).
@@ -77,9 +80,12 @@ class AsymmetricCroCo3DStereo(nnx.Module):
         x, pos = self.patch_embed(img, true_shape, manyar=self.cfg.manyar)
         _record(inter, f"{name}.patch_embed", x)
         _record(inter, f"{name}.pos", pos)
-        for i, blk in enumerate(self.enc_blocks):
-            x = blk(x, pos, impl)
-            _record(inter, f"{name}.enc_block{i}", x)
+        if remat is None or remat == "none":
+            for i, blk in enumerate(self.enc_blocks):
+                x = blk(x, pos, impl)
+                _record(inter, f"{name}.enc_block{i}", x)
+        else:  # training: checkpointed blocks under one scan (f3d_jax.nn.remat)
+            x, _ = scan_blocks([(b,) for b in self.enc_blocks], lambda x, b: (b(x, pos, impl), None), x, remat)
         x = self.enc_norm(x)
         _record(inter, f"{name}.enc_out", x)
         return x, pos
@@ -87,8 +93,9 @@ class AsymmetricCroCo3DStereo(nnx.Module):
     # -- decoders --------------------------------------------------------------------------------
 
     def decode(self, f1: jax.Array, pos1: jax.Array, f2: jax.Array, pos2: jax.Array, inter: Inter = None,
-               impl: str | None = None) -> tuple[list[jax.Array], list[jax.Array]]:
-        """Run both decoders; each block reads the previous layer of both streams.
+               impl: str | None = None, remat: str | None = None) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Run both decoders; each block reads the previous layer of both streams (`remat`: checkpoint each
+        pair of blocks, `f3d_jax.nn.remat`).
 
         Returns:
           decout1, decout2: lists `[enc_out, block_0, ..., block_{L-2}, dec_norm(block_{L-1})]`.
@@ -97,12 +104,22 @@ class AsymmetricCroCo3DStereo(nnx.Module):
         x1, x2 = self.decoder_embed(f1), self.decoder_embed(f2)
         _record(inter, "view1.dec_embed", x1)
         _record(inter, "view2.dec_embed", x2)
-        for i, (b1, b2) in enumerate(zip(self.dec_blocks, self.dec_blocks2)):
-            x1, x2 = b1(x1, x2, pos1, pos2, impl), b2(x2, x1, pos2, pos1, impl)
-            _record(inter, f"view1.dec_block{i}", x1)
-            _record(inter, f"view2.dec_block{i}", x2)
-            out1.append(x1)
-            out2.append(x2)
+        if remat is None or remat == "none":
+            for i, (b1, b2) in enumerate(zip(self.dec_blocks, self.dec_blocks2)):
+                x1, x2 = b1(x1, x2, pos1, pos2, impl), b2(x2, x1, pos2, pos1, impl)
+                _record(inter, f"view1.dec_block{i}", x1)
+                _record(inter, f"view2.dec_block{i}", x2)
+                out1.append(x1)
+                out2.append(x2)
+        else:  # training: checkpointed pairs of blocks under one scan (f3d_jax.nn.remat)
+            def step(xs, b1, b2):
+                x1, x2 = xs
+                xs = b1(x1, x2, pos1, pos2, impl), b2(x2, x1, pos2, pos1, impl)
+                return xs, xs
+
+            (x1, x2), ys = scan_blocks(list(zip(self.dec_blocks, self.dec_blocks2)), step, (x1, x2), remat)
+            out1 += [y[0] for y in ys]
+            out2 += [y[1] for y in ys]
         out1[-1], out2[-1] = self.dec_norm(x1), self.dec_norm(x2)
         _record(inter, "view1.dec_out", out1[-1])
         _record(inter, "view2.dec_out", out2[-1])
@@ -118,7 +135,8 @@ class AsymmetricCroCo3DStereo(nnx.Module):
         return postprocess(raw, cfg.depth_mode, cfg.conf_mode)
 
     def head(self, which: int, decout: Sequence[jax.Array], hw: tuple[int, int],
-             true_shape: jax.Array | None = None, inter: Inter = None, name: str = "view") -> dict[str, jax.Array]:
+             true_shape: jax.Array | None = None, inter: Inter = None, name: str = "view",
+             remat: str | None = None) -> dict[str, jax.Array]:
         """Pixel head of view `which` (1 or 2) on its decoder outputs; images of size `hw` = (H, W).
 
         With `landscape_only` (training), (H, W) is the landscape storage size: portrait entries
@@ -127,9 +145,16 @@ class AsymmetricCroCo3DStereo(nnx.Module):
 
         Returns:
           dict of (B, H, W, ...) float32 maps: pts3d, conf (+ desc, desc_conf for MASt3R).
+
+        `remat` checkpoints the whole head (`f3d_jax.nn.remat`): its full-resolution activations are rebuilt in
+        the backward pass instead of being kept for every head call of the step (four in a symmetric step), and
+        a layout no entry needs is skipped (`_head_remat`).
         """
         head = self.downstream_head1 if which == 1 else self.downstream_head2
         decout = [t.astype(jnp.float32) for t in decout]  # the official heads run in float32
+
+        if remat is not None and remat != "none":
+            return self._head_remat(head, decout, hw, true_shape, remat)
 
         def head_fn(layout: tuple[int, int], orientation: str) -> dict[str, jax.Array]:
             tag = f"{orientation}." if orientation else ""
@@ -137,22 +162,46 @@ class AsymmetricCroCo3DStereo(nnx.Module):
 
         return transpose_to_landscape(head_fn, hw, true_shape, self.cfg.landscape_only)
 
+    def _head_remat(self, head: nnx.Module, decout: list[jax.Array], hw: tuple[int, int],
+                    true_shape: jax.Array | None, remat: str) -> dict[str, jax.Array]:
+        """`head` of the training step with remat: each layout's head is checkpointed inside a `lax.cond` that runs
+        it only when an entry of the batch needs it (as the official `transpose_to_landscape`, which calls the
+        head once for an all-landscape batch). The cond also keeps XLA:CPU from merging the backward's
+        recomputation into the forward (`f3d_jax.nn.remat`). Same values as `transpose_to_landscape`."""
+        def run(layout: tuple[int, int]) -> dict[str, jax.Array]:
+            return checkpointed(lambda d: self._postprocess(head.raw(d, layout)), remat)(decout)
+
+        def only_if(pred: jax.Array, layout: tuple[int, int]) -> dict[str, jax.Array]:
+            shapes = jax.eval_shape(lambda: run(layout))
+            return jax.lax.cond(pred, lambda: run(layout),
+                                lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+
+        if not self.cfg.landscape_only or true_shape is None:
+            return only_if(jnp.bool_(True), hw)
+        h, w = min(hw), max(hw)
+        is_portrait = true_shape[:, 1] < true_shape[:, 0]
+        land = only_if(~jnp.all(is_portrait), (h, w))
+        port = only_if(jnp.any(is_portrait), (w, h))
+        return {k: jnp.where(is_portrait.reshape((-1,) + (1,) * (v.ndim - 1)), jnp.swapaxes(port[k], 1, 2), v)
+                for k, v in land.items()}
+
     # -- full forward ----------------------------------------------------------------------------
 
     def __call__(self, img1: jax.Array, img2: jax.Array, true_shape1: jax.Array | None = None,
-                 true_shape2: jax.Array | None = None, inter: Inter = None,
-                 impl: str | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        """`model(view1, view2)` on arrays. Returns (pred1, pred2); pred2 holds `pts3d_in_other_view`."""
+                 true_shape2: jax.Array | None = None, inter: Inter = None, impl: str | None = None,
+                 remat: str | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """`model(view1, view2)` on arrays. Returns (pred1, pred2); pred2 holds `pts3d_in_other_view`
+        (`remat`: training only, `f3d_jax.nn.remat`)."""
         if img1.shape[1:3] == img2.shape[1:3] and inter is None:
             b = img1.shape[0]
             ts = None if true_shape1 is None else jnp.concatenate([true_shape1, true_shape2])
-            f, pos = self.encode(jnp.concatenate([img1, img2]), ts, impl=impl)
+            f, pos = self.encode(jnp.concatenate([img1, img2]), ts, impl=impl, remat=remat)
             f1, f2, pos1, pos2 = f[:b], f[b:], pos[:b], pos[b:]
         else:  # different shapes, or per-view intermediates requested
-            f1, pos1 = self.encode(img1, true_shape1, inter, "view1", impl)
-            f2, pos2 = self.encode(img2, true_shape2, inter, "view2", impl)
-        d1, d2 = self.decode(f1, pos1, f2, pos2, inter, impl)
-        res1 = self.head(1, d1, img1.shape[1:3], true_shape1, inter, "view1")
-        res2 = self.head(2, d2, img2.shape[1:3], true_shape2, inter, "view2")
+            f1, pos1 = self.encode(img1, true_shape1, inter, "view1", impl, remat)
+            f2, pos2 = self.encode(img2, true_shape2, inter, "view2", impl, remat)
+        d1, d2 = self.decode(f1, pos1, f2, pos2, inter, impl, remat)
+        res1 = self.head(1, d1, img1.shape[1:3], true_shape1, inter, "view1", remat)
+        res2 = self.head(2, d2, img2.shape[1:3], true_shape2, inter, "view2", remat)
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2

@@ -92,10 +92,11 @@ def _dtype(params: Mapping) -> Any:
 # DUSt3R / MASt3R
 
 
-@functools.partial(jax.jit, static_argnames=("config", "with_inter", "impl", "precision"))
+@functools.partial(jax.jit, static_argnames=("config", "with_inter", "impl", "precision", "remat"))
 def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
                    true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                   with_inter: bool = False, impl: str | None = None, precision: str | None = None):
+                   with_inter: bool = False, impl: str | None = None, precision: str | None = None,
+                   remat: str | None = None):
     """`model(view1, view2)` on arrays.
 
     Args:
@@ -106,6 +107,8 @@ def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2:
         `implementation` of `jax.nn.dot_product_attention` ('xla', or 'cudnn': GPU only, bf16/fp16 params,
         not reached by `precision`).
       precision: float32 matmul/conv precision, None | 'highest' | 'high' | 'default' (module docstring).
+      remat: training only: None | 'none' | 'blocks' | 'dots', checkpoint the blocks and heads
+        (`f3d_jax.nn.remat`; same values, less memory kept for a backward pass).
 
     Returns:
       pred1 {'pts3d' (B,H,W,3), 'conf' (B,H,W) [, 'desc' (B,H,W,D), 'desc_conf']},
@@ -116,7 +119,7 @@ def stereo_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2:
     dt = _dtype(params)
     inter: dict | None = {} if with_inter else None
     with matmul_precision(precision, dt):
-        res1, res2 = model(img1.astype(dt), img2.astype(dt), true_shape1, true_shape2, inter, impl)
+        res1, res2 = model(img1.astype(dt), img2.astype(dt), true_shape1, true_shape2, inter, impl, remat)
     return (res1, res2, inter) if with_inter else (res1, res2)
 
 
@@ -181,10 +184,10 @@ def decode_pairs(config: DUSt3RConfig, params: Mapping, feat1: jax.Array, pos1: 
         return in_steps(run, (feat1, pos1, feat2, pos2, true_shape1, true_shape2), pairs_per_step)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "impl", "precision"))
+@functools.partial(jax.jit, static_argnames=("config", "impl", "precision", "remat"))
 def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, img2: jax.Array,
                       true_shape1: jax.Array | None = None, true_shape2: jax.Array | None = None,
-                      impl: str | None = None, precision: str | None = None):
+                      impl: str | None = None, precision: str | None = None, remat: str | None = None):
     """Encode a pair once, run decoders + heads in both directions (MASt3R's `symmetric_inference`).
 
     The two images are encoded in one call when their sizes agree (as the official
@@ -193,7 +196,7 @@ def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, im
     Args:
       img1, img2: (B, H1, W1, 3), (B, H2, W2, 3) in [-1, 1].
       true_shape1, true_shape2: (B, 2) int (height, width); only read by training-style models.
-      impl, precision: as `stereo_forward`.
+      impl, precision, remat: as `stereo_forward`.
 
     Returns:
       (res11, res21, res22, res12): res11/res21 = view 1 as reference (`model(view1, view2)`),
@@ -201,25 +204,26 @@ def symmetric_forward(config: DUSt3RConfig, params: Mapping, img1: jax.Array, im
       points are under the key `pts3d` (no `pts3d_in_other_view` renaming, as the official code).
     """
     with matmul_precision(precision, _dtype(params)):
-        return _symmetric(_module(config, params), _dtype(params), img1, img2, true_shape1, true_shape2, impl)
+        return _symmetric(_module(config, params), _dtype(params), img1, img2, true_shape1, true_shape2, impl,
+                          remat)
 
 
 def _symmetric(model: nnx.Module, dt: Any, img1: jax.Array, img2: jax.Array, true_shape1: jax.Array | None,
-               true_shape2: jax.Array | None, impl: str | None):
+               true_shape2: jax.Array | None, impl: str | None, remat: str | None = None):
     img1, img2 = img1.astype(dt), img2.astype(dt)
     hw1, hw2 = img1.shape[1:3], img2.shape[1:3]
     if hw1 == hw2:
         b = img1.shape[0]
         ts = None if true_shape1 is None else jnp.concatenate([true_shape1, true_shape2])
-        f, pos = model.encode(jnp.concatenate([img1, img2]), ts, impl=impl)
+        f, pos = model.encode(jnp.concatenate([img1, img2]), ts, impl=impl, remat=remat)
         f1, f2, pos1, pos2 = f[:b], f[b:], pos[:b], pos[b:]
     else:
-        f1, pos1 = model.encode(img1, true_shape1, impl=impl)
-        f2, pos2 = model.encode(img2, true_shape2, impl=impl)
-    d1, d2 = model.decode(f1, pos1, f2, pos2, impl=impl)
-    res11, res21 = model.head(1, d1, hw1, true_shape1), model.head(2, d2, hw2, true_shape2)
-    e2, e1 = model.decode(f2, pos2, f1, pos1, impl=impl)
-    res22, res12 = model.head(1, e2, hw2, true_shape2), model.head(2, e1, hw1, true_shape1)
+        f1, pos1 = model.encode(img1, true_shape1, impl=impl, remat=remat)
+        f2, pos2 = model.encode(img2, true_shape2, impl=impl, remat=remat)
+    d1, d2 = model.decode(f1, pos1, f2, pos2, impl=impl, remat=remat)
+    res11, res21 = model.head(1, d1, hw1, true_shape1, remat=remat), model.head(2, d2, hw2, true_shape2, remat=remat)
+    e2, e1 = model.decode(f2, pos2, f1, pos1, impl=impl, remat=remat)
+    res22, res12 = model.head(1, e2, hw2, true_shape2, remat=remat), model.head(2, e1, hw1, true_shape1, remat=remat)
     return res11, res21, res22, res12
 
 
@@ -227,17 +231,17 @@ def _symmetric(model: nnx.Module, dt: Any, img1: jax.Array, img2: jax.Array, tru
 # CroCo
 
 
-@functools.partial(jax.jit, static_argnames=("config", "with_inter", "precision"))
+@functools.partial(jax.jit, static_argnames=("config", "with_inter", "precision", "remat"))
 def croco_forward(config: CroCoConfig, params: Mapping, img1: jax.Array, img2: jax.Array, mask: jax.Array,
-                  with_inter: bool = False, precision: str | None = None):
+                  with_inter: bool = False, precision: str | None = None, remat: str | None = None):
     """CroCoNet pretraining forward: (out (B,N,p*p*3), mask (B,N) bool, target (B,N,p*p*3)) [, inter].
 
-    `precision` as `stereo_forward`."""
+    `precision`, `remat` as `stereo_forward`."""
     model = _module(config, params)
     dt = _dtype(params)
     inter: dict | None = {} if with_inter else None
     with matmul_precision(precision, dt):
-        out, mask, target = model(img1.astype(dt), img2.astype(dt), mask, inter)
+        out, mask, target = model(img1.astype(dt), img2.astype(dt), mask, inter, remat)
     return (out, mask, target, inter) if with_inter else (out, mask, target)
 
 

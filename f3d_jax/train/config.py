@@ -75,6 +75,11 @@ class TrainConfig:
     """forward/backward dtype; the master weights and AdamW stay float32."""
     precision: Literal[None, "highest", "high", "default"] = None
     """float32 matmul precision (None: exact float32 for float32 compute, the backend default for bfloat16)."""
+    remat: Literal["none", "blocks", "dots"] = "none"
+    """rematerialisation of the training forward (`f3d_jax.nn.remat`): 'blocks' keeps only the inputs of each
+    encoder block, decoder step and pixel head for the backward pass and recomputes the rest (least memory,
+    about +1/3 compute); 'dots' also keeps the Linear layers' outputs; 'none' keeps everything (fastest when
+    it fits). Same loss and gradients either way."""
     mesh_data: int = -1
     """data-parallel axis of the device mesh (-1: the devices left by mesh_fsdp)."""
     mesh_fsdp: int = 1
@@ -94,6 +99,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name}={v!r} should be an int >= 1")
+        if self.remat not in ("none", "blocks", "dots"):
+            raise ValueError(f"remat={self.remat!r} should be 'none', 'blocks' or 'dots'")
         self.model_config()  # a bad constructor string is a clear error now, not at step 0
         if self.is_stereo and not self.criterion:
             raise ValueError("a stereo model (DUSt3R / MASt3R) needs criterion='...' (the official string)")
@@ -121,7 +128,7 @@ class TrainConfig:
         everything but the length of the run, logging, checkpointing and the mesh (a restore may reshard)."""
         d = dataclasses.asdict(self)
         for k in ("name", "steps", "log_every", "save_every", "keep", "async_save", "mesh_data", "mesh_fsdp",
-                  "fsdp_min_size", "pretrained"):
+                  "fsdp_min_size", "pretrained", "remat"):
             d.pop(k)
         return d
 

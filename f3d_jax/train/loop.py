@@ -144,8 +144,11 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
 # loss functions
 
 
-def croco_loss_fn(config: CroCoConfig, norm_pix_loss: bool = True, precision: str | None = None) -> LossFn:
+def croco_loss_fn(config: CroCoConfig, norm_pix_loss: bool = True, precision: str | None = None,
+                  remat: str | None = None) -> LossFn:
     """CroCo pretraining: `out, mask, target = model(img1, img2)`; `MaskedMSE(norm_pix_loss)`.
+
+    `remat` (None | 'none' | 'blocks' | 'dots'): checkpoint every block (`f3d_jax.nn.remat`).
 
     batch: {'view1': {'img': (B, S, S, 3)}, 'view2': {'img': ...}} (or {'img1', 'img2'}); the mask is drawn
     from `rng` (the official `RandomMask`: exactly int(mask_ratio * N) hidden tokens per row)."""
@@ -153,7 +156,7 @@ def croco_loss_fn(config: CroCoConfig, norm_pix_loss: bool = True, precision: st
         img1 = batch["view1"]["img"] if "view1" in batch else batch["img1"]
         img2 = batch["view2"]["img"] if "view2" in batch else batch["img2"]
         mask = random_mask(rng, img1.shape[0], config.num_patches, config.mask_ratio)
-        out, mask, target = croco_forward(config, params, img1, img2, mask, precision=precision)
+        out, mask, target = croco_forward(config, params, img1, img2, mask, precision=precision, remat=remat)
         loss = masked_mse(out.astype(jnp.float32), mask, target.astype(jnp.float32), norm_pix_loss)
         return loss, {}
 
@@ -171,13 +174,15 @@ def symmetrize(view1: Mapping, view2: Mapping) -> tuple[dict, dict]:
 
 
 def stereo_loss_fn(config: DUSt3RConfig, criterion: Callable, symmetrize_batch: bool = True,
-                   precision: str | None = None) -> LossFn:
+                   precision: str | None = None, remat: str | None = None) -> LossFn:
     """DUSt3R / MASt3R: `loss_of_one_batch(batch, model, criterion, symmetrize_batch=True)`.
 
     With `symmetrize_batch` the criterion sees the official interleaved batch (pair b at 2b, its swap at 2b+1);
     each image is encoded once (as the official model does on a symmetrized batch) through
     `symmetric_forward`, whose two directions are interleaved into (pred1, pred2).
-    `criterion(gt1, gt2, pred1, pred2) -> (loss, details)` (`f3d_jax.train.losses.build_criterion`)."""
+    `criterion(gt1, gt2, pred1, pred2) -> (loss, details)` (`f3d_jax.train.losses.build_criterion`).
+    `remat` (None | 'none' | 'blocks' | 'dots'): checkpoint the encoder and decoder blocks and the heads
+    (`f3d_jax.nn.remat`)."""
     def loss_fn(params, batch, rng):
         v1, v2 = dict(batch["view1"]), dict(batch["view2"])
         for v in (v1, v2):
@@ -185,7 +190,7 @@ def stereo_loss_fn(config: DUSt3RConfig, criterion: Callable, symmetrize_batch: 
                 v["true_shape"] = jnp.tile(jnp.array(v["img"].shape[1:3], jnp.int32), (v["img"].shape[0], 1))
         if symmetrize_batch:
             r11, r21, r22, r12 = symmetric_forward(config, params, v1["img"], v2["img"], v1["true_shape"],
-                                                   v2["true_shape"], precision=precision)
+                                                   v2["true_shape"], precision=precision, remat=remat)
             pred1 = {k: interleave(r11[k], r22[k]) for k in r11}
             pred2 = {k: interleave(r21[k], r12[k]) for k in r21}
             pred2["pts3d_in_other_view"] = pred2.pop("pts3d")
@@ -193,7 +198,7 @@ def stereo_loss_fn(config: DUSt3RConfig, criterion: Callable, symmetrize_batch: 
         else:
             from f3d_jax.models.model import stereo_forward
             pred1, pred2 = stereo_forward(config, params, v1["img"], v2["img"], v1["true_shape"], v2["true_shape"],
-                                          precision=precision)
+                                          precision=precision, remat=remat)
         pred1 = cast_floats(pred1, jnp.float32)
         pred2 = cast_floats(pred2, jnp.float32)
         loss, details = criterion(v1, v2, pred1, pred2)

@@ -71,11 +71,12 @@ def data_iterator(cfg: TrainConfig) -> Iterator:
 def build_loss_fn(cfg: TrainConfig) -> loop.LossFn:
     model = cfg.model_config()
     if not cfg.is_stereo:
-        return loop.croco_loss_fn(model, cfg.norm_pix_loss, cfg.precision)
+        return loop.croco_loss_fn(model, cfg.norm_pix_loss, cfg.precision, cfg.remat)
     import importlib
 
     losses = importlib.import_module("f3d_jax.train.losses")
-    return loop.stereo_loss_fn(model, losses.build_criterion(cfg.criterion), precision=cfg.precision)
+    return loop.stereo_loss_fn(model, losses.build_criterion(cfg.criterion), precision=cfg.precision,
+                               remat=cfg.remat)
 
 
 def _log(msg: str) -> None:

@@ -14,8 +14,16 @@ The machine may be too slow for a whole 1080p image twice: `--size H W` takes a 
 tiles/s is what compares; seconds per 1080p image are then extrapolated from it and said so), `--official-tiles K`
 times the official loop on its first K tiles only.
 
+Also printed: the FLOPs of one tile (XLA's cost analysis of one network call), the GFLOP/s both sides achieve
+on that same work (the official head computes more: ~1.85 TFLOP/tile against our 1.80), the machine's float32
+matmul rate measured in the same run (numpy's BLAS and jax on a 4096^3 product), the speed-up ceiling it implies
+(official s/tile over FLOPs/peak), and /proc/loadavg next to each figure (a shared machine skews every number:
+compare only figures taken at the same load). `--per-core` runs one single-threaded XLA CPU device per core
+with the tiles sharded over them (tiles in parallel instead of each op split over the cores).
+
     python experiments/bench_stereoflow.py                        # 1080p, both implementations
     python experiments/bench_stereoflow.py --size 352 1056 --official-tiles 3
+    python experiments/bench_stereoflow.py --size 352 880 --official-tiles 2 --per-core
     python experiments/bench_stereoflow.py --tiny                 # smoke test (small backbone)
 """
 
@@ -180,7 +188,14 @@ def main() -> None:
     ap.add_argument("--official-first", action="store_true", help="run the official implementation before ours")
     ap.add_argument("--tiny", action="store_true", help="small backbone, crop 64x96 (smoke test)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-core", action="store_true",
+                    help="CPU: one single-threaded XLA device per core, the tiles sharded over them (sets XLA_FLAGS "
+                         "before jax starts; --tiles-per-step then defaults to the core count)")
     args = ap.parse_args()
+    if args.per_core:  # must precede the first `import jax`
+        cores = len(os.sched_getaffinity(0))
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cores}"
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 
     import jax
     import jax.numpy as jnp
@@ -222,11 +237,13 @@ def main() -> None:
         cost = cost[0] if isinstance(cost, list) else cost
         results["gflop_per_tile"] = float(cost["flops"]) / 1e9  # XLA's count for one network call on one tile
         t0 = time.perf_counter()
-        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step,
+                                shard=args.per_core or None)
         pred.block_until_ready()
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step,
+                                shard=args.per_core or None)
         pred.block_until_ready()
         secs = time.perf_counter() - t0
         if backend == "gpu":

@@ -6,7 +6,14 @@
 Components: encoder (patch embed + 24 blocks + enc_norm, both images), decoder (decoder_embed + 12 blocks +
 dec_norm), DPT act_postprocess (+ layer_rn), refinenets (4..2 and refinenet1's fusion), output head (refinenet1's
 upsampling + the head convs). Ours runs each component as its own jit (precision highest) and reports XLA's cost
-analysis FLOPs; the official side times its submodules with forward hooks.
+analysis FLOPs; the official side times its submodules with forward hooks. `--cpu-time` reports process CPU
+seconds instead of wall seconds: with both sides pinned to one core and one thread (below), the compute each
+component costs, comparable across runs on a loaded machine (wall times are not).
+
+    taskset -c 0 env PYTHONPATH=. XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+        python experiments/profile_stereoflow.py ours --cpu-time
+    taskset -c 0 env OMP_NUM_THREADS=1 F3D_REFERENCE_ROOT=/work/ref /work/ref/venv/bin/python \
+        experiments/profile_stereoflow.py official --cpu-time
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_stereoflow import CONF_MODE, CROP, VITL, random_state_dict  # noqa: E402
+from bench_stereoflow import CROP, VITL, random_state_dict  # noqa: E402
 
 
 CLOCK = time.perf_counter  # --cpu-time: time.process_time (CPU seconds of the process, robust on a loaded machine)
@@ -30,7 +37,7 @@ def ours(batch: int, reps: int) -> None:
     import jax
     import jax.numpy as jnp
 
-    from f3d_jax.models.binocular import BinocularModel, CroCoDownstreamConfig, _module
+    from f3d_jax.models.binocular import CroCoDownstreamConfig, _module, binocular_forward
     from f3d_jax.nn.layers import conv3x3_of_upsampled
     from f3d_jax.nn.precision import matmul_precision
     from f3d_jax.weights.convert import convert_state_dict, expected_torch_shapes
@@ -124,11 +131,8 @@ def ours(batch: int, reps: int) -> None:
     rows.append(("refinenets", t, flops(refine, params, layers)))
     _, t = timeit(outhead, params, fused)
     rows.append(("output head", t, flops(outhead, params, fused)))
-    model = BinocularModel(config, params, tile_conf_mode=CONF_MODE)
-    from f3d_jax.models.binocular import binocular_forward
     _, t = timeit(lambda a, b: binocular_forward(config, params, a, b), img1, img2)
-    whole = flops(binocular_forward.__wrapped__ if False else jax.jit(
-        lambda p, a, b: binocular_forward(config, p, a, b)), params, img1, img2)
+    whole = flops(jax.jit(lambda p, a, b: binocular_forward(config, p, a, b)), params, img1, img2)
     rows.append(("whole forward (one jit)", t, whole))
     report("ours", batch, rows)
 

@@ -83,6 +83,14 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict
 
 
 def peak_rss_gib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across
+    fork + exec, so the official worker would report the parent's peak whenever ours ran first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

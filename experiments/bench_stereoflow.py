@@ -14,8 +14,16 @@ The machine may be too slow for a whole 1080p image twice: `--size H W` takes a 
 tiles/s is what compares; seconds per 1080p image are then extrapolated from it and said so), `--official-tiles K`
 times the official loop on its first K tiles only.
 
+Also printed: the FLOPs of one tile (XLA's cost analysis of one network call), the GFLOP/s both sides achieve
+on that same work (the official head computes more: ~1.85 TFLOP/tile against our 1.80), the machine's float32
+matmul rate measured in the same run (numpy's BLAS and jax on a 4096^3 product), the speed-up ceiling it implies
+(official s/tile over FLOPs/peak), and /proc/loadavg next to each figure (a shared machine skews every number:
+compare only figures taken at the same load). `--per-core` runs one single-threaded XLA CPU device per core
+with the tiles sharded over them (tiles in parallel instead of each op split over the cores).
+
     python experiments/bench_stereoflow.py                        # 1080p, both implementations
     python experiments/bench_stereoflow.py --size 352 1056 --official-tiles 3
+    python experiments/bench_stereoflow.py --size 352 880 --official-tiles 2 --per-core
     python experiments/bench_stereoflow.py --tiny                 # smoke test (small backbone)
 """
 
@@ -75,6 +83,14 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict
 
 
 def peak_rss_gib() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across
+    fork + exec, so the official worker would report the parent's peak whenever ours ran first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -130,6 +146,36 @@ def official_worker(npz: str) -> None:
     print(json.dumps(dict(seconds=seconds, tiles=tiles, peak_gib=peak, full=pred is not None)))
 
 
+def matmul_peak_gflops(n: int = 4096, reps: int = 3) -> dict[str, float]:
+    """This machine's measured float32 matmul rate (GFLOP/s, best of `reps` n x n x n products): numpy (the BLAS
+    numpy links) and jax (precision highest): the practical ceiling of a model made of matmuls."""
+    import jax
+    import jax.numpy as jnp
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    out = {}
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, precision="highest"))
+    aj = jnp.asarray(a)
+    for name, fn in (("numpy", lambda: a @ a), ("jax", lambda: f(aj, aj).block_until_ready())):
+        fn()
+        best = min(_timed(fn) for _ in range(reps))
+        out[name] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def reference_python() -> str | None:
     root = os.environ.get("F3D_REFERENCE_ROOT")
     if not root:
@@ -150,13 +196,20 @@ def main() -> None:
     ap.add_argument("--official-first", action="store_true", help="run the official implementation before ours")
     ap.add_argument("--tiny", action="store_true", help="small backbone, crop 64x96 (smoke test)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-core", action="store_true",
+                    help="CPU: one single-threaded XLA device per core, the tiles sharded over them (sets XLA_FLAGS "
+                         "before jax starts; --tiles-per-step then defaults to the core count)")
     args = ap.parse_args()
+    if args.per_core:  # must precede the first `import jax`
+        cores = len(os.sched_getaffinity(0))
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cores}"
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 
     import jax
     import jax.numpy as jnp
 
     import f3d_jax
-    from f3d_jax.models.binocular import BinocularModel, CroCoDownstreamConfig
+    from f3d_jax.models.binocular import BinocularModel, CroCoDownstreamConfig, binocular_forward
     from f3d_jax.stereoflow import plan_tiles, tiled_pred
     from f3d_jax.weights.convert import convert_state_dict, expected_torch_shapes
 
@@ -187,12 +240,18 @@ def main() -> None:
         model = BinocularModel(config, params, tile_conf_mode=CONF_MODE, criterion="LaplacianLossBounded2()")
         t_load = time.perf_counter() - t0
         x1, x2 = jnp.asarray(img1), jnp.asarray(img2)
+        t1 = jnp.zeros((1, *crop, 3), jnp.float32)
+        cost = binocular_forward.lower(config, params, t1, t1).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        results["gflop_per_tile"] = float(cost["flops"]) / 1e9  # XLA's count for one network call on one tile
         t0 = time.perf_counter()
-        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step,
+                                shard=args.per_core or None)
         pred.block_until_ready()
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step)
+        pred, conf = tiled_pred(model, x1, x2, overlap=args.overlap, tiles_per_step=args.tiles_per_step,
+                                shard=args.per_core or None)
         pred.block_until_ready()
         secs = time.perf_counter() - t0
         if backend == "gpu":
@@ -202,9 +261,12 @@ def main() -> None:
         results["f3d"] = dict(seconds=secs, tiles_per_s=plan.num_tiles / secs, compile_s=max(first - secs, 0.0),
                               weights_s=t_load, peak_gib=peak,
                               s_per_1080p_image=full_plan.num_tiles / (plan.num_tiles / secs))
+        gfs = results["gflop_per_tile"] * plan.num_tiles / secs
+        results["f3d"]["gflop_s"] = gfs
         print(f"f3d-jax : {plan.num_tiles / secs:.3f} tiles/s, {secs:.1f} s for this image "
               f"(-> {results['f3d']['s_per_1080p_image']:.0f} s per 1080p image), compile {first - secs:.1f} s, "
-              f"peak {peak:.2f} GiB", flush=True)
+              f"peak {peak:.2f} GiB; {results['gflop_per_tile']:.0f} GFLOP/tile -> {gfs:.1f} GFLOP/s "
+              f"(load {load_average()})", flush=True)
         return np.asarray(pred)
 
     def official() -> np.ndarray | None:
@@ -225,10 +287,18 @@ def main() -> None:
         tps = r["tiles"] / r["seconds"]
         results["official"] = dict(seconds=r["seconds"], tiles=r["tiles"], tiles_per_s=tps, peak_gib=r["peak_gib"],
                                    s_per_1080p_image=full_plan.num_tiles / tps)
-        print(f"official: {tps:.3f} tiles/s ({r['tiles']} tiles in {r['seconds']:.1f} s; -> "
-              f"{full_plan.num_tiles / tps:.0f} s per 1080p image), peak {r['peak_gib']:.2f} GiB", flush=True)
+        line = (f"official: {tps:.3f} tiles/s ({r['tiles']} tiles in {r['seconds']:.1f} s; -> "
+                f"{full_plan.num_tiles / tps:.0f} s per 1080p image), peak {r['peak_gib']:.2f} GiB")
+        if "gflop_per_tile" in results:  # the same work counted for both (the official head does more FLOPs)
+            results["official"]["gflop_s"] = results["gflop_per_tile"] * tps
+            line += f"; {results['official']['gflop_s']:.1f} GFLOP/s of the same {results['gflop_per_tile']:.0f} GFLOP/tile"
+        print(line + f" (load {load_average()})", flush=True)
         return pred
 
+    if backend == "cpu":
+        results["matmul_peak_gflop_s"] = peak = matmul_peak_gflops()
+        print(f"float32 4096^3 matmul on this CPU: numpy {peak['numpy']:.0f} GFLOP/s, jax {peak['jax']:.0f} GFLOP/s "
+              f"(load {load_average()})", flush=True)
     if args.official_first:
         ref = official()
         got = ours()
@@ -244,6 +314,15 @@ def main() -> None:
             results["max_rel_diff"] = diff
             line += f"; predictions differ by {diff:.2e} of their largest magnitude"
         print(line)
+        peak = results.get("matmul_peak_gflop_s")
+        if peak and "gflop_per_tile" in results:
+            best = max(peak.values())
+            floor = results["gflop_per_tile"] / best  # seconds per tile even at the matmul peak
+            bound = floor and (1 / results["official"]["tiles_per_s"]) / floor
+            results["max_speedup_at_matmul_peak"] = bound
+            print(f"ceiling: {results['gflop_per_tile']:.0f} GFLOP/tile at the {best:.0f} GFLOP/s matmul peak = "
+                  f"{floor:.1f} s/tile, i.e. at most {bound:.2f}x the official tiles/s on this CPU in float32")
+    results["load_average"] = load_average()
     print(json.dumps(results))
 
 

@@ -1,7 +1,8 @@
 """Per-component time split and FLOPs of one CroCo-Stereo ViT-L tile (crop 352x704): f3d-jax vs the official torch.
 
+(`ref` is the folder of `../shared/tools/reference_env.sh`: the official checkouts and their torch venv.)
     PYTHONPATH=. python experiments/profile_stereoflow.py ours [--batch B] [--reps R]
-    F3D_REFERENCE_ROOT=/work/ref /work/ref/venv/bin/python experiments/profile_stereoflow.py official [--batch B]
+    F3D_REFERENCE_ROOT=ref ref/venv/bin/python experiments/profile_stereoflow.py official [--batch B]
 
 Components: encoder (patch embed + 24 blocks + enc_norm, both images), decoder (decoder_embed + 12 blocks +
 dec_norm), DPT act_postprocess (+ layer_rn), refinenets (4..2 and refinenet1's fusion), output head (refinenet1's
@@ -12,7 +13,7 @@ component costs, comparable across runs on a loaded machine (wall times are not)
 
     taskset -c 0 env PYTHONPATH=. XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
         python experiments/profile_stereoflow.py ours --cpu-time
-    taskset -c 0 env OMP_NUM_THREADS=1 F3D_REFERENCE_ROOT=/work/ref /work/ref/venv/bin/python \
+    taskset -c 0 env OMP_NUM_THREADS=1 F3D_REFERENCE_ROOT=ref ref/venv/bin/python \
         experiments/profile_stereoflow.py official --cpu-time
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Per-component time split and FLOPs of one CroCo-Stereo ViT-L tile (crop 352x704): f3d-jax vs the official torch.
 
 (`ref` is the folder of `../shared/tools/reference_env.sh`: the official checkouts and their torch venv.)
+
     PYTHONPATH=. python experiments/profile_stereoflow.py ours [--batch B] [--reps R]
     F3D_REFERENCE_ROOT=ref ref/venv/bin/python experiments/profile_stereoflow.py official [--batch B]
 

@@ -37,6 +37,14 @@ def machine() -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss
+    across fork + exec, so a worker started from a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

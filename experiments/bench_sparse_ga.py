@@ -91,7 +91,8 @@ with tempfile.TemporaryDirectory() as cache:
     total = time.perf_counter() - t
 print(json.dumps(dict(total_s=total, cam2world=scene.get_im_poses().numpy().tolist(),
                       focals=scene.get_focals().numpy().tolist(),
-                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+                      peak_rss_mb=[int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])))
+# VmHWM: ru_maxrss survives fork + exec and would report the parent's (our) peak
 '''
 
 

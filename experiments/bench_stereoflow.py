@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import peak_rss_mb  # noqa: E402
 
 FULL_1080P = (1080, 1920)
 CROP = (352, 704)
@@ -83,15 +85,8 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict
 
 
 def peak_rss_gib() -> float:
-    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across
-    fork + exec, so the official worker would report the parent's peak whenever ours ran first."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory in GiB (`_bench_common.peak_rss_mb`: VmHWM)."""
+    return peak_rss_mb() / 1024.0
 
 
 def official_worker(npz: str) -> None:

@@ -124,7 +124,7 @@ def arc_scene(n: int, H: int, W: int, seed: int):
 
 
 def make_case(n: int, H: int, W: int, seed: int, graph: str):
-    from f3d_jax.eval.synthetic import _seen_by, make_predictions, world_points
+    from f3d_jax.eval.synthetic import _seen_by, descriptor_field, make_predictions, world_points
     from f3d_jax.infer.pairs import make_pair_indices
 
     scene = arc_scene(n, H, W, seed)
@@ -133,12 +133,8 @@ def make_case(n: int, H: int, W: int, seed: int, graph: str):
     edges = sorted({(i, j) for i, j in pairs} | {(j, i) for i, j in pairs})
     pred = make_predictions(scene, np.asarray(edges), noise="moderate", seed=seed + 1)
     rng = np.random.default_rng(seed + 2)
-    B = rng.normal(0, 2 * np.pi / rng.uniform(0.3, 1.5, size=(64, 1)), size=(64, 3))
-    phi = rng.uniform(0, 2 * np.pi, size=64)
-    P = rng.normal(size=(24, 64))
     X = world_points(scene)
-    d = np.sin(X @ B.T + phi) @ P.T + 0.05 * rng.normal(size=X.shape[:3] + (24,))
-    desc = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float16)
+    desc = descriptor_field(X, rng).astype(np.float16)
     base = 1 + 9 * np.exp(-np.abs(rng.normal(size=X.shape[:3])))
     # per ordered pair (edge order): confidence of the first image's pixels, high where the partner sees them
     qconf = np.stack([np.where(_seen_by(scene, b, a), base[a], 1 + 0.05 * base[a]) for a, b in edges]).astype(np.float16)

@@ -316,6 +316,17 @@ def world_points(scene: SyntheticScene) -> np.ndarray:
     return np.einsum("nij,nhwj->nhwi", scene.cam2world[:, :3, :3], X) + scene.cam2world[:, None, None, :3, 3]
 
 
+def descriptor_field(X: np.ndarray, rng: np.random.Generator, dim: int = 24) -> np.ndarray:
+    """Stand-in matching descriptors (..., dim) float32, unit norm: a fixed random Fourier field of the world
+    point X (..., 3) (wavelengths 0.3-1.5 m), normalize(P sin(B X + phi)) + 5% noise, so the same 3D point has
+    nearly the same descriptor in every view (as a trained MASt3R head). Draws from `rng` in a fixed order."""
+    B = rng.normal(0, 2 * np.pi / rng.uniform(0.3, 1.5, size=(64, 1)), size=(64, 3))
+    phi = rng.uniform(0, 2 * np.pi, size=64)
+    P = rng.normal(size=(dim, 64))
+    d = np.sin(X @ B.T + phi) @ P.T + 0.05 * rng.normal(size=X.shape[:-1] + (dim,))
+    return (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
+
+
 def _smooth_field(rng, H, W, amp):
     u, v = np.meshgrid(np.linspace(-1, 1, W), np.linspace(-1, 1, H), indexing="xy")
     k = rng.normal(0, 1, size=(3, 2))

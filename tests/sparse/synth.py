@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from f3d_jax.eval.synthetic import _seen_by, make_predictions, make_scene, world_points
+from f3d_jax.eval.synthetic import _seen_by, descriptor_field, make_predictions, make_scene, world_points
 from f3d_jax.infer.pairs import make_pairs
 
 
@@ -40,12 +40,8 @@ def synth_case(n: int = 4, H: int = 48, W: int = 64, seed: int = 8, rig: str = "
     edges = sorted({(int(a["idx"]), int(b["idx"])) for a, b in pairs})
     pred = make_predictions(scene, np.asarray(edges), noise=noise, seed=seed + 1)
     rng = np.random.default_rng(seed + 2)
-    B = rng.normal(0, 2 * np.pi / rng.uniform(0.3, 1.5, size=(64, 1)), size=(64, 3))
-    phi = rng.uniform(0, 2 * np.pi, size=64)
-    P = rng.normal(size=(24, 64))
     X = world_points(scene)
-    d = np.sin(X @ B.T + phi) @ P.T + 0.05 * rng.normal(size=X.shape[:3] + (24,))
-    desc = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
+    desc = descriptor_field(X, rng)
     # descriptor confidence: high where the pixel is seen by the partner (as a trained network), ~1 elsewhere
     base = 1 + 9 * np.exp(-np.abs(rng.normal(size=X.shape[:3])))
     qconf = {(a, b): np.where(_seen_by(scene, b, a), base[a], 1 + 0.05 * base[a]).astype(np.float32)

@@ -32,14 +32,18 @@ MODELS = {"dust3r_dpt": "DUSt3R_ViTLarge_BaseDecoder_512_dpt",
 
 
 def random_params(abstract, seed: int = 0):
-    """Fill an abstract params tree with structured random numbers (fast for ~700 M params)."""
+    """Fill an abstract params tree with structured random numbers (fast for ~700 M params).
+
+    Matrices and conv kernels ~ N(0, 1/fan_in); LayerNorm scales 1 + N(0, 0.02^2); biases and other vectors
+    N(0, 0.02^2) (biases near 1 would grow the activations through a DPT head until `exp` depth overflows
+    and the training loss is NaN)."""
     import jax
     import numpy as np
 
     rng = np.random.default_rng(seed)
     pool = rng.standard_normal(1 << 20).astype(np.float32)
 
-    def fill(s):
+    def fill(path, s):
         n = math.prod(s.shape)
         fan_in = s.shape[0] if len(s.shape) == 2 else (math.prod(s.shape[:-1]) if len(s.shape) > 2 else 1)
         off = int(rng.integers(0, pool.size))
@@ -47,11 +51,11 @@ def random_params(abstract, seed: int = 0):
         flat = np.tile(pool, reps)[off:off + n] if reps > 1 else pool[off:off + n]
         scale = 1.0 / math.sqrt(max(fan_in, 1)) if len(s.shape) >= 2 else 0.02
         arr = flat.reshape(s.shape) * scale
-        if len(s.shape) == 1 and s.shape[0] > 0:  # LayerNorm scales near 1
-            arr = arr + 1.0
+        if len(s.shape) == 1 and s.shape[0] > 0 and "scale" in jax.tree_util.keystr(path[-1:]):
+            arr = arr + 1.0  # LayerNorm scales near 1
         return arr
 
-    return jax.tree.map(fill, abstract)
+    return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def jax_worker(args) -> dict:

@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import fixture_path
 from f3d_jax.models.heads import postprocess, postprocess_mast3r, transpose_to_landscape
-from f3d_jax.nn.layers import LN_EPS, conv3x3_of_upsampled, pixel_shuffle, resize_bilinear_align_corners
+from f3d_jax.nn.layers import LN_EPS, conv2d, conv3x3_of_upsampled, pixel_shuffle, resize_bilinear_align_corners
 from f3d_jax.nn.pos_embed import sincos_2d
 from f3d_jax.nn.rope import position_grid, rope2d
 
@@ -164,4 +164,48 @@ def test_conv3x3_of_upsampled_gradients_match_resize_then_conv():
     got = jax.grad(fused, argnums=tuple(range(5)))(*args)
     ref = jax.grad(official_order, argnums=tuple(range(5)))(*args)
     for g, r in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()))
+
+
+def _conv_f64(x: np.ndarray, k: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """Naive float64 convolution (NHWC, HWIO, symmetric zero padding): the definition."""
+    kh, kw = k.shape[:2]
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    return sum(xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] @ k[i, j]
+               for i in range(kh) for j in range(kw))
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [((2, 7, 9, 5), 3, 1, 1), ((1, 13, 17, 4), 3, 2, 1),
+                                                    ((2, 8, 10, 3), 2, 3, 0), ((1, 7, 9, 4), 5, 1, 2),
+                                                    ((1, 6, 6, 3), 4, 4, 0), ((1, 1, 1, 2), 3, 1, 1)])
+def test_conv2d_values_and_tap_gradients(shape, k, stride, padding):
+    """`conv2d` (the DPT convs) is XLA's convolution in the forward, and its hand-written tap-wise backward
+    gives the gradients of the float64 definition for every kernel size / stride / padding the heads use and
+    a few they don't (odd sizes, stride > kernel, a 1x1 map)."""
+    rng = np.random.default_rng(k * 100 + stride * 10 + padding)
+    x = rng.normal(size=shape)
+    kern = rng.normal(size=(k, k, shape[-1], 6))
+    y64 = _conv_f64(x, kern, stride, padding)
+    w = rng.normal(size=y64.shape)
+    got = conv2d(jnp.asarray(x, jnp.float32), jnp.asarray(kern, jnp.float32), stride, padding)
+    np.testing.assert_allclose(np.asarray(got), y64, rtol=1e-5, atol=1e-5 * np.abs(y64).max())
+    gx, gk = jax.grad(lambda a, b: jnp.sum(conv2d(a, b, stride, padding) * jnp.asarray(w, jnp.float32)),
+                      argnums=(0, 1))(jnp.asarray(x, jnp.float32), jnp.asarray(kern, jnp.float32))
+    # the loss <w, conv(x, k)> is linear in x and in k, so its gradients are the adjoints of the float64
+    # definition: <grad_x, v> = <w, conv(v, k)> and <grad_k, u> = <w, conv(x, u)> for any v, u
+    for _ in range(3):
+        v = rng.normal(size=x.shape)
+        np.testing.assert_allclose(float(np.sum(np.asarray(gx, np.float64) * v)),
+                                   float(np.sum(w * _conv_f64(v, kern, stride, padding))), rtol=1e-4)
+        u = rng.normal(size=kern.shape)
+        np.testing.assert_allclose(float(np.sum(np.asarray(gk, np.float64) * u)),
+                                   float(np.sum(w * _conv_f64(x, u, stride, padding))), rtol=1e-4)
+    # and elementwise against XLA's own transpose of the same convolution
+    xla = jax.grad(lambda a, b: jnp.sum(jax.lax.conv_general_dilated(
+        a, b, (stride, stride), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision="highest") * jnp.asarray(w, jnp.float32)), argnums=(0, 1))(
+        jnp.asarray(x, jnp.float32), jnp.asarray(kern, jnp.float32))
+    for g, r in zip((gx, gk), xla):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5 * float(jnp.abs(r).max()))

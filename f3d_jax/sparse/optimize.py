@@ -44,13 +44,29 @@ def gamma_loss(d: jax.Array, gamma: float) -> jax.Array:
 
 def safe_norm(x: jax.Array) -> jax.Array:
     """Euclidean norm over the last axis with a zero (not NaN) gradient at 0 (padding compares a point with itself)."""
-    sq = jnp.sum(x * x, axis=-1)
+    # written out per component: a reduction over a last axis of 2 or 3 (and its transpose, a broadcast) runs
+    # slowly on XLA:CPU over the P entries of a stage
+    sq = x[..., 0] * x[..., 0]
+    for i in range(1, x.shape[-1]):
+        sq = sq + x[..., i] * x[..., i]
     pos = sq > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0 * sq)  # 0 * sq: NaN stays NaN (early stop)
 
 
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def _matvec(m: jax.Array, v: jax.Array) -> jax.Array:
+    """(..., 3, 3) @ (..., 3) -> (..., 3) per entry, as three products and sums of columns (exact float32 ops).
+
+    XLA:CPU runs a batched `dot` of many 3x3 matrices as one tiny matmul per batch entry; over the P pixel
+    entries and 2M match terms of a stage that was the largest cost of each iteration. Products and sums in
+    the order of the `dot` (j = 0, 1, 2), in float32."""
+    # one (...,) array per output row: broadcasts of a column would transpose into reductions over an axis of
+    # 3, which XLA:CPU also runs slowly
+    return jnp.stack([m[..., i, 0] * v[..., 0] + m[..., i, 1] * v[..., 1] + m[..., i, 2] * v[..., 2]
+                      for i in range(3)], -1)
 
 
 def initial_params(problem: SparseProblem, shared_intrinsics: bool, weights: np.ndarray | None = None) -> dict:
@@ -151,13 +167,13 @@ def points_world(cams: dict, problem: SparseProblem, pt_img, pt_uv, pt_anchor, p
     f = cams["focals"][pt_img]
     off = 1 + (pt_offset - 1) * (problem.base_focals[pt_img] / f)
     z = cams["depth"][pt_img, pt_anchor] * off
-    K = cams["K"][pt_img]
+    c = cams["K"][:, :2, 2][pt_img]  # only what is read: per entry gathers (and backward scatters) are the cost
     invf = 1 / f
-    x = z * (pt_uv[:, 0] * invf - K[:, 0, 2] * invf)
-    y = z * (pt_uv[:, 1] * invf - K[:, 1, 2] * invf)
+    x = z * (pt_uv[:, 0] * invf - c[:, 0] * invf)
+    y = z * (pt_uv[:, 1] * invf - c[:, 1] * invf)
     cam = jnp.stack([x, y, z], -1)
-    T = cams["cam2w"][pt_img]
-    world = jnp.einsum("pij,pj->pi", T[:, :3, :3], cam, precision=HIGHEST) + T[:, :3, 3]
+    T = cams["cam2w"][:, :3][pt_img]
+    world = _matvec(T[:, :, :3], cam) + T[:, :, 3]
     return (world, z) if ret_depth else world
 
 
@@ -182,7 +198,7 @@ def stage_loss(params: dict, problem: SparseProblem, *, stage: str, depth_levels
         w = jnp.concatenate([problem.m_conf, problem.m_conf])
         img = problem.pt_img[p]
         Pm = _matmul(cams["K"], cams["w2cam"][:, :3])[img]
-        res = jnp.einsum("pij,pj->pi", Pm[:, :, :3], X[q], precision=HIGHEST) + Pm[:, :, 3]
+        res = _matvec(Pm[:, :, :3], X[q]) + Pm[:, :, 3]
         uv = jnp.clip(res[:, :2] / jnp.maximum(res[:, 2:3], 1e-3), -1000, 2000)
         main = _weighted(gamma_loss(safe_norm(problem.pt_uv[p] - uv), gamma), w)
     T = cams["cam2w"][problem.fb_cam]

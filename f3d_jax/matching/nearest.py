@@ -27,9 +27,13 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def default_block_size(n_queries: int, backend: str | None = None) -> int:
-    """Database rows per block: about 16 MiB of float32 scores on a CPU (cache-sized), 1 GiB on GPU/TPU."""
+    """Database rows per block: about 4 MiB of float32 scores on a CPU, 1 GiB on GPU/TPU.
+
+    On a CPU the scores of a block are written by the matmul and read back by the argmax: a block that stays in
+    cache is faster (a 128x192 sparse-GA pair, 2-core EPYC: 99 ms with 4 MiB, 130 with 2 MiB, 140-160 with 8 or
+    16 MiB; the official setting, 2**13 rows, is the 4 MiB block for 128 queries)."""
     backend = backend or jax.default_backend()
-    budget = (16 << 20) if backend == "cpu" else (1 << 30)
+    budget = (4 << 20) if backend == "cpu" else (1 << 30)
     return int(max(256, min(1 << 20, budget // (4 * max(1, n_queries)))))
 
 

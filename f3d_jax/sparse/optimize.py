@@ -57,16 +57,15 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
-def _matvec(m: jax.Array, v: jax.Array) -> jax.Array:
-    """(..., 3, 3) @ (..., 3) -> (..., 3) per entry, as three products and sums of columns (exact float32 ops).
+def _affine_rows(t: jax.Array, v: tuple[jax.Array, jax.Array, jax.Array]) -> list[jax.Array]:
+    """Rows of `t[:, :, :3] @ v + t[:, :, 3]` per entry: t (E, 3, 4) affine maps, v three (E,) coordinates ->
+    three (E,) arrays, products and sums in the order of the `dot` (j = 0, 1, 2), float32.
 
-    XLA:CPU runs a batched `dot` of many 3x3 matrices as one tiny matmul per batch entry; over the P pixel
-    entries and 2M match terms of a stage that was the largest cost of each iteration. Products and sums in
-    the order of the `dot` (j = 0, 1, 2), in float32."""
-    # one (...,) array per output row: broadcasts of a column would transpose into reductions over an axis of
-    # 3, which XLA:CPU also runs slowly
-    return jnp.stack([m[..., i, 0] * v[..., 0] + m[..., i, 1] * v[..., 1] + m[..., i, 2] * v[..., 2]
-                      for i in range(3)], -1)
+    Written per component, with the point as separate coordinates, because of how XLA:CPU runs the
+    alternatives over the P pixel entries and 2M match terms of a stage: a batched `dot` of 3x3 matrices is one
+    tiny matmul per entry, a reduction over an axis of 3 is slow, and every slice of a stacked (E, 3) point
+    would transpose into a pad of the whole (E, 3) cotangent in the backward pass."""
+    return [t[:, i, 0] * v[0] + t[:, i, 1] * v[1] + t[:, i, 2] * v[2] + t[:, i, 3] for i in range(3)]
 
 
 def initial_params(problem: SparseProblem, shared_intrinsics: bool, weights: np.ndarray | None = None) -> dict:
@@ -171,9 +170,7 @@ def points_world(cams: dict, problem: SparseProblem, pt_img, pt_uv, pt_anchor, p
     invf = 1 / f
     x = z * (pt_uv[:, 0] * invf - c[:, 0] * invf)
     y = z * (pt_uv[:, 1] * invf - c[:, 1] * invf)
-    cam = jnp.stack([x, y, z], -1)
-    T = cams["cam2w"][:, :3][pt_img]
-    world = _matvec(T[:, :, :3], cam) + T[:, :, 3]
+    world = jnp.stack(_affine_rows(cams["cam2w"][:, :3][pt_img], (x, y, z)), -1)
     return (world, z) if ret_depth else world
 
 
@@ -197,8 +194,8 @@ def stage_loss(params: dict, problem: SparseProblem, *, stage: str, depth_levels
         q = jnp.concatenate([problem.m_q, problem.m_p])
         w = jnp.concatenate([problem.m_conf, problem.m_conf])
         img = problem.pt_img[p]
-        Pm = _matmul(cams["K"], cams["w2cam"][:, :3])[img]
-        res = _matvec(Pm[:, :, :3], X[q]) + Pm[:, :, 3]
+        Xq = X[q]
+        res = jnp.stack(_affine_rows(_matmul(cams["K"], cams["w2cam"][:, :3])[img], (Xq[:, 0], Xq[:, 1], Xq[:, 2])), -1)
         uv = jnp.clip(res[:, :2] / jnp.maximum(res[:, 2:3], 1e-3), -1000, 2000)
         main = _weighted(gamma_loss(safe_norm(problem.pt_uv[p] - uv), gamma), w)
     T = cams["cam2w"][problem.fb_cam]

@@ -24,7 +24,7 @@ with compilation and a second, warm call), the official total and the ratio, pea
 vs ground truth for both.
 
     python experiments/bench_sparse_ga.py                       # N = 4 and 16
-    F3D_REFERENCE_ROOT=/path/to/ref python experiments/bench_sparse_ga.py --n 4 16 64 --niter 300
+    F3D_REFERENCE_ROOT=/path/to/ref python experiments/bench_sparse_ga.py --n 4 16 64 --case-dir /tmp/f3d_cases
 """
 
 from __future__ import annotations
@@ -143,6 +143,29 @@ def make_case(n: int, H: int, W: int, seed: int, graph: str):
     return scene, [tuple(map(int, p)) for p in pairs], arrays
 
 
+def cached_case(case_dir: str | None, n: int, H: int, W: int, seed: int, graph: str):
+    """`make_case`, stored in / read from `case_dir` (plain npz, no pickle) when given. Returns (truth, pairs,
+    arrays); `truth` holds the ground-truth `cam2world` and `focals` that `accuracy` reads."""
+    from types import SimpleNamespace
+
+    if case_dir is None:
+        return make_case(n, H, W, seed, graph)
+    path = Path(case_dir) / f"case_n{n}_{H}x{W}_seed{seed}_{graph}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            arrays = {k[2:]: z[k] for k in z.files if k.startswith("a_")}
+            truth = SimpleNamespace(cam2world=z["gt_cam2world"], focals=z["gt_focals"])
+            pairs = [tuple(map(int, p)) for p in z["pairs"]]
+        return truth, pairs, arrays
+    scene, pairs, arrays = make_case(n, H, W, seed, graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, gt_cam2world=scene.cam2world, gt_focals=scene.focals, pairs=np.asarray(pairs, np.int64),
+             **{"a_" + k: v for k, v in arrays.items()})
+    os.replace(tmp, path)
+    return scene, pairs, arrays
+
+
 def run_ours(n, H, W, pairs, arrays, niter):
     import jax
 
@@ -239,6 +262,8 @@ def main() -> None:
     ap.add_argument("--niter", type=int, default=300)
     ap.add_argument("--graph", default=None, help="pair graph (default: complete for N <= 8, else swin-4)")
     ap.add_argument("--seed", type=int, default=51)
+    ap.add_argument("--case-dir", default=None,
+                    help="keep the generated cases here (npz) and reuse them: generating N=64 takes ~8 min")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     ref = reference_python()
@@ -246,7 +271,7 @@ def main() -> None:
         print("note: F3D_REFERENCE_ROOT not set (or no torch there): the official side is not measured")
     for n in args.n:
         graph = args.graph or ("complete" if n <= 8 else "swin-4")
-        scene, pairs, arrays = make_case(n, args.H, args.W, args.seed, graph)
+        scene, pairs, arrays = cached_case(args.case_dir, n, args.H, args.W, args.seed, graph)
         ours = run_ours(n, args.H, args.W, pairs, arrays, args.niter)
         s = ours["scene"]
         print(f"\nN={n} {args.H}x{args.W} graph={graph} ({len(pairs)} ordered pairs) niter={args.niter}+{args.niter}")

@@ -13,11 +13,11 @@ With F3D_REFERENCE_ROOT set (the official code + a torch venv, as for bench_netw
 
 Measured on the 2-core CPU dev machine (heavily shared, load ~10: noisy), CroCo v2 ViT-L/Base, batch 2 pairs,
 fp32: f3d-jax 136 s/step vs official 359 s/step (2.6x; 1.11 TFLOP/step by XLA's count; peak RSS 9.9 GB vs
-8.8 GB), before the `--remat` option (that run kept everything: `--remat none`). DUSt3R-512 DPT does not fit
-this machine: XLA asked for 36 GB at batch 1 without remat (23 GB RAM here); with `--remat blocks` (the default
-here) the step reached 20 GB of RSS and was killed by the kernel's OOM killer on the shared machine.
-With `--remat blocks|dots` the block stacks run under `lax.scan` and XLA's cost analysis counts a scanned block
-once, so the TFLOP/step and MFU figures are only meaningful with `--remat none`.
+8.8 GB), before the `--remat` option (that run kept everything: `--remat none`). DUSt3R-512 DPT, batch 1, fp32,
+idle machine, `--remat blocks` (without remat XLA asks for 36 GB; 23 GB RAM here): f3d-jax 138.7 s/step vs
+official 131.7 s/step (0.95x), peak RSS 19.7 GB vs 20.9 GB (`--models dust3r --batch 1 --steps 1`, 2026-11-28).
+The FLOP count (and so the MFU) is that of the step without rematerialisation (recomputed work is not counted),
+taken from XLA's cost analysis of the step lowered with `--remat none` whatever `--remat` runs.
 
 The DUSt3R criterion is `ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)` from
 f3d_jax.train.losses when present; until that module is merged a stand-in with the same structure
@@ -132,9 +132,7 @@ def jax_worker(args) -> dict:
     t = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
+    flops = model_flops(args, cfg, state, batch, key, tx, trainable, compute, precision, compiled)
     state, m = compiled(state, batch, key)  # warm-up (first execution)
     jax.block_until_ready(m)
     times = []
@@ -157,6 +155,34 @@ def jax_worker(args) -> dict:
                                   - ma.alias_size_in_bytes) / 2**20
     res["peak_flops"], res["peak_source"] = peak_flops(dev, args.dtype)
     return res
+
+
+def model_flops(args, cfg, state, batch, key, tx, trainable, compute, precision, compiled) -> float:
+    """FLOPs of one step of the model without rematerialisation (the MFU convention: recomputation is not
+    useful work). XLA's cost analysis counts a `lax.scan` body once, so with `--remat blocks|dots` (block
+    stacks under scan) the count is taken from the same step lowered with remat off (lowered, not compiled)."""
+    import jax
+
+    from f3d_jax.train import loop
+
+    def count(c) -> float:
+        c = c.cost_analysis()
+        c = c[0] if isinstance(c, list) else c
+        return float((c or {}).get("flops", float("nan")))
+
+    if args.remat == "none":
+        return count(compiled)
+    if args.model == "croco":
+        plain = loop.croco_loss_fn(cfg, True, precision, None)
+    else:
+        try:
+            from f3d_jax.train.losses import build_criterion
+            crit = build_criterion(CRITERION)
+        except ImportError:
+            crit = standin_criterion
+        plain = loop.stereo_loss_fn(cfg, crit, precision=precision, remat=None)
+    step = jax.jit(loop.make_train_step(plain, tx, trainable=trainable, compute_dtype=compute))
+    return count(step.lower(state, batch, key))
 
 
 def peak_flops(dev, dtype: str) -> tuple[float, str]:

@@ -19,9 +19,7 @@ official 131.7 s/step (0.95x), peak RSS 19.7 GB vs 20.9 GB (`--models dust3r --b
 The FLOP count (and so the MFU) is that of the step without rematerialisation (recomputed work is not counted),
 taken from XLA's cost analysis of the step lowered with `--remat none` whatever `--remat` runs.
 
-The DUSt3R criterion is `ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)` from
-f3d_jax.train.losses when present; until that module is merged a stand-in with the same structure
-(normalised pointmaps, per-pixel L2, confidence-weighted with -alpha log conf) keeps the step's cost.
+The DUSt3R criterion is `ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)` (f3d_jax.train.losses).
 """
 
 from __future__ import annotations
@@ -72,25 +70,14 @@ def batch_arrays(model: str, b: int, seed: int = 0) -> dict:
     return out
 
 
-def standin_criterion(gt1, gt2, pred1, pred2, alpha=0.2):
-    """Regr3D(L21, 'avg_dis') + ConfLoss(alpha) in structure (camera poses identity here, so no re-framing)."""
-    import jax.numpy as jnp
+def loss_fn_of(model: str, cfg, precision, remat: str):
+    """(loss function of the train step, criterion text) for `model` ('croco' or 'dust3r')."""
+    from f3d_jax.train import loop
+    from f3d_jax.train.losses import build_criterion
 
-    def norm(p1, p2, m1, m2):
-        n = (jnp.linalg.norm(p1, axis=-1) * m1).sum((1, 2)) + (jnp.linalg.norm(p2, axis=-1) * m2).sum((1, 2))
-        d = n / (m1.sum((1, 2)) + m2.sum((1, 2)) + 1e-8)
-        return p1 / d[:, None, None, None], p2 / d[:, None, None, None]
-
-    m1, m2 = gt1["valid_mask"].astype(jnp.float32), gt2["valid_mask"].astype(jnp.float32)
-    g1, g2 = norm(gt1["pts3d"], gt2["pts3d"], m1, m2)
-    p1, p2 = norm(pred1["pts3d"], pred2["pts3d_in_other_view"], m1, m2)
-    total, details = 0.0, {}
-    for i, (p, g, m, c) in enumerate(((p1, g1, m1, pred1["conf"]), (p2, g2, m2, pred2["conf"])), 1):
-        l21 = jnp.linalg.norm(p - g, axis=-1)
-        conf_loss = ((l21 * c - alpha * jnp.log(c)) * m).sum() / (m.sum() + 1e-8)
-        details[f"conf_loss_{i}"] = conf_loss
-        total = total + conf_loss
-    return total, details
+    if model == "croco":
+        return loop.croco_loss_fn(cfg, True, precision, remat), "MaskedMSE(norm_pix_loss=True)"
+    return loop.stereo_loss_fn(cfg, build_criterion(CRITERION), precision=precision, remat=remat), CRITERION
 
 
 def jax_worker(args) -> dict:
@@ -106,16 +93,7 @@ def jax_worker(args) -> dict:
     name, kw = parse_constructor(MODELS[args.model][0])
     cfg = config_from_official(name, with_defaults(name, kw))
     precision = None if args.precision == "auto" else args.precision
-    if args.model == "croco":
-        loss_fn = loop.croco_loss_fn(cfg, True, precision, args.remat)
-        criterion = "MaskedMSE(norm_pix_loss=True)"
-    else:
-        try:
-            from f3d_jax.train.losses import build_criterion
-            crit, criterion = build_criterion(CRITERION), CRITERION
-        except ImportError:
-            crit, criterion = standin_criterion, "stand-in of " + CRITERION
-        loss_fn = loop.stereo_loss_fn(cfg, crit, precision=precision, remat=args.remat)
+    loss_fn, criterion = loss_fn_of(args.model, cfg, precision, args.remat)
     if args.attention == "cudnn":  # the stereo step's attention (CroCo's forward has no impl switch)
         import functools
 
@@ -172,15 +150,7 @@ def model_flops(args, cfg, state, batch, key, tx, trainable, compute, precision,
 
     if args.remat == "none":
         return count(compiled)
-    if args.model == "croco":
-        plain = loop.croco_loss_fn(cfg, True, precision, None)
-    else:
-        try:
-            from f3d_jax.train.losses import build_criterion
-            crit = build_criterion(CRITERION)
-        except ImportError:
-            crit = standin_criterion
-        plain = loop.stereo_loss_fn(cfg, crit, precision=precision, remat=None)
+    plain, _ = loss_fn_of(args.model, cfg, precision, None)
     step = jax.jit(loop.make_train_step(plain, tx, trainable=trainable, compute_dtype=compute))
     return count(step.lower(state, batch, key))
 

@@ -195,7 +195,8 @@ def stage_loss(params: dict, problem: SparseProblem, *, stage: str, depth_levels
         w = jnp.concatenate([problem.m_conf, problem.m_conf])
         img = problem.pt_img[p]
         Xq = X[q]
-        res = jnp.stack(_affine_rows(_matmul(cams["K"], cams["w2cam"][:, :3])[img], (Xq[:, 0], Xq[:, 1], Xq[:, 2])), -1)
+        Pm = _matmul(cams["K"], cams["w2cam"][:, :3])[img]
+        res = jnp.stack(_affine_rows(Pm, (Xq[:, 0], Xq[:, 1], Xq[:, 2])), -1)
         uv = jnp.clip(res[:, :2] / jnp.maximum(res[:, 2:3], 1e-3), -1000, 2000)
         main = _weighted(gamma_loss(safe_norm(problem.pt_uv[p] - uv), gamma), w)
     T = cams["cam2w"][problem.fb_cam]
